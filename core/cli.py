@@ -1,0 +1,257 @@
+"""`deepapps <app> <command>`: one grammar for every app.
+
+Commands that train (fit, validate, test, export) import torch lazily; the serving
+commands (evaluate, predict) never do, so a torch-free install can run them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from core.errors import ConfigError, DeepappsError
+from core.registry import AppSpec, discover_apps, get_app
+
+COMMANDS = {
+    "fit": "train on the data, export the best checkpoint to ONNX and evaluate that file",
+    "validate": "metrics of a checkpoint on the validation split (torch)",
+    "test": "metrics of a checkpoint on the test split (torch)",
+    "export": "checkpoint -> ONNX with metadata, parity-checked against torch",
+    "evaluate": "metrics of an ONNX model on a data split (ONNX Runtime, no torch)",
+    "predict": "predict with an ONNX model (ONNX Runtime, no torch)",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `deepapps` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except DeepappsError as exc:
+        print(f"deepapps: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("deepapps: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `deepapps ... | head`
+        sys.stderr.close()
+        return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message; for an error re-raised by a DataLoader worker, its original last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1]
+    return last.split("Error: ", 1)[1] if len(lines) > 1 and "Error: " in last else lines[0]
+
+
+def _dispatch(argv: list[str]) -> int:
+    apps = discover_apps()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: deepapps <app> <command> [options]\n\napps:")
+        for spec in apps.values():
+            print(f"  {spec.name:<12} {spec.help}")
+        print("\ncommands (deepapps <app> --help):")
+        for name, text in COMMANDS.items():
+            print(f"  {name:<12} {text}")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        import core
+
+        print(f"deepapps {core.__version__}")
+        return 0
+    return run_app(get_app(argv[0]), argv[1:])
+
+
+def run_app(app: AppSpec, argv: list[str]) -> int:
+    """Run `command` of `app` (also the body of `python -m apps.<app>`)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: deepapps {app.name} <command> [options]\n\n{app.help}\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:<10} {text}")
+        print(f"\n`deepapps {app.name} <command> --help` lists the options of a command.")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command {command!r} for {app.name}; choose from {', '.join(COMMANDS)}")
+    _setup_logging()
+    return {
+        "fit": _fit, "validate": _stage, "test": _stage, "export": _export,
+        "evaluate": _evaluate, "predict": _predict,
+    }[command](app, command, rest)
+
+
+# --- training side (torch) -------------------------------------------------------------
+
+
+def config_parser(app: AppSpec, command: str, with_ckpt: bool = False, base_yaml: bool = True):
+    """jsonargparse parser over the app's config dataclass; the app's default.yaml is the base."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(
+        prog=f"deepapps {app.name} {command}", exit_on_error=False,
+        default_config_files=[str(app.default_config)] if base_yaml and app.default_config.is_file() else [],
+        description=COMMANDS[command],
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (e.g. configs/tiny.yaml)")
+    if with_ckpt:
+        parser.add_argument("--ckpt", type=str, required=True, help="Lightning checkpoint (.ckpt)")
+        parser.add_argument("--out", type=str | None, default=None, help="output file")
+        parser.add_argument("--fp16", type=bool, default=False, help="also write a half-precision copy (GPU)")
+    parser.add_class_arguments(app.load_config_class(), as_group=False)
+    return parser
+
+
+def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = False):
+    """(namespace, config dataclass, config dict) from the command line."""
+    from argparse import ArgumentError
+
+    from core.config import from_dict
+
+    saved = {}
+    if with_ckpt and _option(argv, "--ckpt"):  # the checkpoint's config is the base
+        from core.training import checkpoint_config
+
+        saved = checkpoint_config(Path(_option(argv, "--ckpt")))
+    parser = config_parser(app, command, with_ckpt, base_yaml=not saved)
+    if saved:
+        parser.set_defaults(_flatten(saved))
+    try:
+        namespace = parser.parse_args(argv)
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise ConfigError(f"deepapps {app.name} {command}: {_one_line(exc)}") from None
+    skip = {"config", "ckpt", "out", "fp16", "__default_config__"}
+    values = {k: v for k, v in namespace.as_dict().items() if k not in skip}
+    cfg = from_dict(app.load_config_class(), values)
+    return parser, namespace, cfg, values
+
+
+def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
+    parser, namespace, cfg, values = parse_config(app, command, argv)
+    from core.training import fit
+
+    yaml = parser.dump(namespace, skip_none=False)
+    run_dir = fit(app, cfg, values, _strip_config_keys(yaml))
+    print(run_dir)
+    return 0
+
+
+def _stage(app: AppSpec, command: str, argv: list[str]) -> int:
+    _, namespace, cfg, _ = parse_config(app, command, argv, with_ckpt=True)
+    from core.training import run_stage
+
+    print(json.dumps(run_stage(app, Path(namespace.ckpt), cfg, command), indent=2))
+    return 0
+
+
+def _export(app: AppSpec, command: str, argv: list[str]) -> int:
+    _, namespace, cfg, values = parse_config(app, command, argv, with_ckpt=True)
+    from core.training import export_checkpoint
+
+    out = Path(namespace.out) if namespace.out else Path(namespace.ckpt).with_suffix(".onnx")
+    print(export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16))
+    return 0
+
+
+# --- serving side (no torch) -----------------------------------------------------------
+
+
+def _serving_parser(app: AppSpec, command: str) -> OneLineParser:
+    parser = OneLineParser(prog=f"deepapps {app.name} {command}", description=COMMANDS[command])
+    parser.add_argument("--model", required=True, help="deepapps .onnx file")
+    parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto = CUDA when it initialises, else CPU")
+    return parser
+
+
+def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
+    from core.runtime.io import write_json
+    from core.runtime.session import load_model, say_provider
+
+    parser = _serving_parser(app, command)
+    parser.add_argument("--data.path", "--data", dest="data_path", help="data to evaluate on (default: the training data)")
+    parser.add_argument("--split", default="test", help="train, val or test (as split in fit)")
+    parser.add_argument("--out", help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    model = load_model(args.model, args.provider, app=app.name)
+    say_provider(model)
+    data_path = args.data_path or model.meta.get("train", {}).get("data_config", {}).get("path")
+    if not data_path:
+        raise ConfigError("--data.path is required (the model does not name its training data)")
+    evaluation = app.load_runtime().evaluate(model, data_path, args.split)
+    text = json.dumps(evaluation.metrics, indent=2)
+    if args.out:
+        write_json(args.out, evaluation.metrics)
+    print(text)
+    return 0
+
+
+def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
+    from core.runtime.io import write_table
+    from core.runtime.session import load_model, say_provider
+
+    runtime = app.load_runtime()
+    parser = _serving_parser(app, command)
+    parser.add_argument("--out", help="output table (.csv, .parquet or .jsonl); default: CSV on stdout")
+    runtime.add_predict_arguments(parser)
+    args = parser.parse_args(argv)
+    model = load_model(args.model, args.provider, app=app.name)
+    say_provider(model)
+    table, failures = runtime.predict(model, args)
+    if args.out:
+        write_table(args.out, table)
+        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(table.write_csv())
+    if failures:
+        print(f"{failures} of {len(table)} inputs failed; see the error column", file=sys.stderr)
+    return 2 if failures and failures == len(table) else 0
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    for noise in (".*(TensorBoard|tensorboardX).*", ".*LeafSpec.*", ".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=noise)
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _strip_config_keys(yaml: str) -> str:
+    return "\n".join(line for line in yaml.splitlines() if not line.startswith("config:")) + "\n"

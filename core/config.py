@@ -1,0 +1,139 @@
+"""Run configuration as dataclasses; each field's docstring is its CLI help.
+
+Torch-free on purpose: `deepapps <app> --help` and the serving side import this
+module without paying for torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import get_type_hints
+
+
+@dataclass
+class ImageDataConfig:
+    """Where the images are and how they are split, augmented and batched."""
+
+    path: str = "builtin:digits"
+    """Image folder (one subfolder per class, optionally under train/val/test), a CSV/Parquet
+    manifest (path,label), a MedMNIST-style .npz, or `builtin:digits` (scikit-learn's digits)."""
+    image_size: int | None = None
+    """Square input size in pixels; None takes the backbone's pretrained size."""
+    val_fraction: float = 0.15
+    """Share of the training data held out for validation when the data has no val split."""
+    test_fraction: float = 0.15
+    """Share held out for testing when the data has neither a test nor a val split."""
+    split_seed: int = 0
+    """Seed of the stratified split, so fit and evaluate see the same test set."""
+    batch_size: int = 32
+    """Images per training step."""
+    num_workers: int | None = None
+    """DataLoader workers; None picks min(8, CPU cores - 1)."""
+    augment: bool = True
+    """Augment training images (random resized crop, flip, rotation, colour jitter)."""
+    hflip: float = 0.5
+    """Probability of a horizontal flip when augmenting."""
+    rotation: float = 10.0
+    """Maximum rotation in degrees when augmenting."""
+    color_jitter: float = 0.2
+    """Brightness/contrast/saturation jitter strength when augmenting (0 turns it off)."""
+    scale_min: float = 0.7
+    """Smallest area share kept by the random resized crop."""
+    path_column: str = "path"
+    """Manifest column holding image paths (relative to the manifest's folder)."""
+    label_column: str = "label"
+    """Manifest column holding labels; `a|b` marks several labels (multi-label)."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and head."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    """timm model name (any `timm.list_models()` entry)."""
+    pretrained: str | None = "auto"
+    """`auto` (a local copy when one is installed, else the hub), `hub`, a .pth/.safetensors
+    path, or null for random initialisation."""
+    drop_rate: float = 0.2
+    """Dropout before the classification head."""
+    freeze_epochs: int = 0
+    """Train only the head for this many epochs, then unfreeze the backbone at a lower rate."""
+    unfreeze_lr_ratio: float = 0.1
+    """Backbone learning rate at unfreezing, as a share of the head's."""
+
+
+@dataclass
+class OptimConfig:
+    """Loss, optimizer and schedule."""
+
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    schedule: str = "cosine"
+    """`cosine` (with linear warm-up), `onecycle`, or `constant`."""
+    warmup_fraction: float = 0.05
+    """Share of the steps spent warming up (cosine)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy loss (single-label tasks)."""
+    class_weights: str | None = None
+    """null, `balanced` (inverse class frequency), or comma-separated weights per label."""
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (see the Lightning docs for the meaning of each)."""
+
+    max_epochs: int = 10
+    """Epochs to train at most."""
+    accelerator: str = "auto"
+    """`auto`, `cpu`, `gpu`/`cuda` or `mps`."""
+    devices: str | int = "auto"
+    """Devices to use; with several, set `strategy: ddp`."""
+    strategy: str = "auto"
+    """`auto`, `ddp`, `ddp_spawn`, ..."""
+    precision: str = "auto"
+    """`auto` (bf16-mixed on a GPU that supports it, else 32-true) or any Lightning precision."""
+    patience: int = 5
+    """Early stopping: epochs without improvement of the monitored metric."""
+    monitor: str = "val/macro_f1"
+    """Metric used for the best checkpoint and early stopping."""
+    limit_train_batches: float | int = 1.0
+    """Share (float) or number (int) of training batches per epoch."""
+    limit_val_batches: float | int = 1.0
+    """Share (float) or number (int) of validation batches per epoch."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the gradient norm to this value (null turns clipping off)."""
+    accumulate_grad_batches: int = 1
+    """Batches of gradients accumulated per optimizer step."""
+    log_every_n_steps: int = 10
+    """How often the training loss is logged."""
+
+
+@dataclass
+class ImageFitConfig:
+    """Fine-tune an image classifier, export it to ONNX and evaluate the exported file."""
+
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run_dir: str | None = None
+    """Output folder; None makes runs/<app>/<timestamp>."""
+    resume: bool = False
+    """Continue the run in run_dir from checkpoints/last.ckpt."""
+    seed: int = 42
+    """Global seed (weights init, augmentation, data order)."""
+    export_fp16: bool = False
+    """Also write model.fp16.onnx for GPU serving."""
+
+
+def from_dict(cls: type, values: dict):
+    """Build dataclass `cls` from a (nested) dict, as parsed by jsonargparse."""
+    hints, kwargs = get_type_hints(cls), {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        value, kind = values[f.name], hints[f.name]
+        kwargs[f.name] = from_dict(kind, value) if is_dataclass(kind) and isinstance(value, dict) else value
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Data: torch-free indexing (image_sources) and Lightning DataModules (images)."""

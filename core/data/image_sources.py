@@ -1,0 +1,264 @@
+"""Index an image dataset and split it reproducibly, without torch.
+
+Fit (through the DataModule) and `evaluate` (serving side) both call `open_image_source`
+with the same split settings, so `evaluate --split test` scores exactly the test set
+that fit held out.
+
+Supported layouts:
+    folder/<class>/*.jpg                 one folder per class, split by fractions
+    folder/{train,val,test}/<class>/...  given splits (a missing one is carved from train)
+    manifest.csv|.parquet                columns path,label[,split]; `a|b` = multi-label
+    file.npz                             MedMNIST style: {train,val,test}_{images,labels}
+    builtin:digits                       scikit-learn's 1,797 8x8 handwritten digits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from core.errors import DataError
+from core.runtime.images import IMAGE_EXTENSIONS, open_image
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How a dataset without given splits is split; stored in the model's metadata."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class ImageSource:
+    """An indexed image dataset: references, targets, label names and split indices."""
+
+    description: str
+    labels: list[str]
+    refs: list[str]
+    targets: np.ndarray  # (N,) class ids, or (N, L) multi-hot for multi-label
+    splits: dict[str, np.ndarray]
+    load: Callable[[int], Image.Image]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets.ndim == 2
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        t = self.targets[self.splits[split]]
+        counts = t.sum(0) if self.multilabel else np.bincount(t, minlength=len(self.labels))
+        return {name: int(c) for name, c in zip(self.labels, counts)}
+
+    def summary(self) -> dict:
+        return {
+            "source": self.description,
+            "labels": self.labels,
+            "sizes": {s: int(len(i)) for s, i in self.splits.items()},
+            "class_counts": {s: self.class_counts(s) for s in self.splits},
+            "notes": self.notes,
+        }
+
+
+def open_image_source(
+    path: str, split: SplitSettings | None = None, path_column: str = "path",
+    label_column: str = "label",
+) -> ImageSource:
+    """Index the dataset at `path` and split it. Raises DataError for unusable data."""
+    split = split or SplitSettings()
+    if path.startswith("builtin:"):
+        source = _builtin(path)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise DataError(f"{path}: no such file or folder")
+        if p.is_dir():
+            source = _folder(p)
+        elif p.suffix.lower() == ".npz":
+            source = _npz(p)
+        elif p.suffix.lower() in (".csv", ".parquet", ".tsv"):
+            source = _manifest(p, path_column, label_column)
+        else:
+            raise DataError(f"{path}: expected an image folder, a .csv/.parquet manifest or a .npz")
+    _check_labels(source, path)
+    _complete_splits(source, split)
+    for name in SPLITS:
+        if len(source.splits[name]) == 0:
+            raise DataError(f"{path}: the {name} split is empty; the dataset is too small")
+    return source
+
+
+def _check_labels(source: ImageSource, path: str) -> None:
+    if len(source.refs) == 0:
+        raise DataError(f"{path}: no images found")
+    present = source.targets.any(0).sum() if source.multilabel else len(np.unique(source.targets))
+    if present < 2:
+        only = source.labels[0] if source.labels else "?"
+        raise DataError(f"{path}: only one class ({only!r}); a classifier needs at least two")
+
+
+def _folder(root: Path) -> ImageSource:
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    split_dirs = {_SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_ALIASES}
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(f"{root}: has {sorted(split_dirs)} folders but no train folder")
+    layout = split_dirs or {"all": root}
+    per_split = {name: _class_files(d) for name, d in layout.items()}
+    labels = sorted({c for files in per_split.values() for c in files})
+    if not labels:
+        raise DataError(f"{root}: no class subfolders with images")
+    refs, targets, splits = [], [], {}
+    for name, files in per_split.items():
+        start = len(refs)
+        for label, paths in files.items():
+            refs += [str(p) for p in paths]
+            targets += [labels.index(label)] * len(paths)
+        splits[name] = np.arange(start, len(refs))
+    if "all" in splits:
+        splits = {}
+    return ImageSource(
+        description=f"image folder {root}", labels=labels, refs=refs,
+        targets=np.asarray(targets, dtype=np.int64), splits=splits,
+        load=lambda i: open_image(refs[i]),
+    )
+
+
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    files = {}
+    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
+        images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if images:
+            files[class_dir.name] = images
+    return files
+
+
+def _manifest(path: Path, path_column: str, label_column: str) -> ImageSource:
+    try:
+        table = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(
+            path, separator="\t" if path.suffix.lower() == ".tsv" else ",", infer_schema_length=0
+        )
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from None
+    for column in (path_column, label_column):
+        if column not in table.columns:
+            raise DataError(f"{path}: manifest has no {column!r} column (has {table.columns})")
+    table = table.filter(pl.col(path_column).is_not_null() & pl.col(label_column).is_not_null())
+    raw_labels = [str(v) for v in table[label_column].to_list()]
+    refs = [str((path.parent / p).resolve()) for p in table[path_column].cast(pl.String).to_list()]
+    if any("|" in v for v in raw_labels):
+        per_row = [[s.strip() for s in v.split("|") if s.strip()] for v in raw_labels]
+        labels = sorted({s for row in per_row for s in row})
+        targets = np.zeros((len(refs), len(labels)), dtype=np.int64)
+        for i, row in enumerate(per_row):
+            targets[i, [labels.index(s) for s in row]] = 1
+    else:
+        labels = sorted(set(raw_labels), key=_natural)
+        targets = np.asarray([labels.index(v) for v in raw_labels], dtype=np.int64)
+    splits = {}
+    if "split" in table.columns:
+        column = [_SPLIT_ALIASES.get(str(s).lower(), str(s)) for s in table["split"].to_list()]
+        splits = {name: np.flatnonzero(np.asarray(column) == name) for name in SPLITS}
+        splits = {k: v for k, v in splits.items() if len(v)}
+    return ImageSource(
+        description=f"manifest {path}", labels=labels, refs=refs, targets=targets,
+        splits=splits, load=lambda i: open_image(refs[i]),
+    )
+
+
+def _npz(path: Path) -> ImageSource:
+    try:
+        arrays = np.load(path)
+        keys = set(arrays.files)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read .npz ({exc})") from None
+    present = [s for s in SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys]
+    if "train" not in present:
+        raise DataError(f"{path}: .npz needs train_images and train_labels arrays (has {sorted(keys)})")
+    images = np.concatenate([arrays[f"{s}_images"] for s in present])
+    raw = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1) for s in present])
+    sizes = np.cumsum([0] + [len(arrays[f"{s}_images"]) for s in present])
+    splits = {s: np.arange(sizes[i], sizes[i + 1]) for i, s in enumerate(present)}
+    if raw.shape[1] > 1:  # multi-label (e.g. ChestMNIST)
+        labels = [str(i) for i in range(raw.shape[1])]
+        targets = raw.astype(np.int64)
+    else:
+        labels = [str(i) for i in range(int(raw.max()) + 1)]
+        targets = raw[:, 0].astype(np.int64)
+    if "label_names" in keys:
+        labels = [str(s) for s in arrays["label_names"]]
+    return ImageSource(
+        description=f"npz {path}", labels=labels, refs=[f"{path.name}[{i}]" for i in range(len(images))],
+        targets=targets, splits=splits, load=lambda i: _array_image(images[i]),
+    )
+
+
+def _builtin(name: str) -> ImageSource:
+    if name != "builtin:digits":
+        raise DataError(f"{name}: unknown builtin dataset (available: builtin:digits)")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
+    return ImageSource(
+        description="builtin:digits (scikit-learn's bundled UCI handwritten digits, 8x8 grey)",
+        labels=[str(i) for i in range(10)], refs=[f"digits[{i}]" for i in range(len(images))],
+        targets=digits.target.astype(np.int64), splits={}, load=lambda i: _array_image(images[i]),
+    )
+
+
+def _array_image(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array).convert("RGB")
+
+
+def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
+    """Fill in missing splits by a stratified, seeded split of the training data."""
+    s = source.splits
+    rng = np.random.default_rng(settings.seed)
+    if not s:
+        everything = np.arange(len(source.refs))
+        rest, s["test"] = _stratified(everything, source.targets, settings.test_fraction, rng)
+        s["train"], s["val"] = _stratified(
+            rest, source.targets, settings.val_fraction / (1 - settings.test_fraction), rng
+        )
+        source.notes.append(
+            f"no given splits: stratified {1 - settings.val_fraction - settings.test_fraction:.0%}"
+            f"/{settings.val_fraction:.0%}/{settings.test_fraction:.0%} train/val/test, seed {settings.seed}"
+        )
+    elif "val" not in s or "test" not in s:
+        if "test" not in s:
+            s["test"] = s.pop("val")
+            source.notes.append("the given val split is used as the untouched test split")
+        s["train"], s["val"] = _stratified(s["train"], source.targets, settings.val_fraction, rng)
+        source.notes.append(
+            f"validation: stratified {settings.val_fraction:.0%} of train, seed {settings.seed}"
+        )
+
+
+def _stratified(
+    indices: np.ndarray, targets: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `indices` into (keep, held_out) with about `fraction` of each class held out."""
+    keys = targets[indices] if targets.ndim == 1 else np.zeros(len(indices), dtype=np.int64)
+    keep, held = [], []
+    for value in np.unique(keys):
+        members = rng.permutation(indices[keys == value])
+        n_held = int(round(len(members) * fraction))
+        n_held = min(max(n_held, 1 if len(members) >= 3 else 0), len(members) - 1)
+        held.append(members[:n_held])
+        keep.append(members[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def _natural(value: str) -> tuple:
+    return (0, int(value), "") if value.lstrip("-").isdigit() else (1, 0, value)

@@ -1,0 +1,110 @@
+"""Lightning DataModule for image classification on top of `image_sources`."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from core.config import ImageDataConfig
+from core.data.image_sources import ImageSource, SplitSettings, open_image_source
+from core.runtime.images import ImageSpec, to_model_input
+
+_INTERPOLATION = {
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+class ImageDataset(Dataset):
+    """Items of one split as (uint8 (H, W, C) pixels, target)."""
+
+    def __init__(self, source: ImageSource, indices: np.ndarray, transform):
+        self.source, self.indices, self.transform = source, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(self.indices[i])
+        pixels = self.transform(self.source.load(index))
+        return torch.from_numpy(pixels), torch.as_tensor(self.source.targets[index])
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Indexes and splits the data once at construction, so labels are known up front."""
+
+    def __init__(self, cfg: ImageDataConfig, spec: ImageSpec):
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.split = SplitSettings(cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        self.source = open_image_source(cfg.path, self.split, cfg.path_column, cfg.label_column)
+        cpus = os.cpu_count() or 1
+        self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, max(cpus - 1, 0))
+
+    @property
+    def labels(self) -> list[str]:
+        return self.source.labels
+
+    def eval_transform(self, img: Image.Image) -> np.ndarray:
+        return to_model_input(img, self.spec)
+
+    def train_transform(self, img: Image.Image) -> np.ndarray:
+        if not self.cfg.augment:
+            return self.eval_transform(img)
+        steps = [
+            v2.RandomResizedCrop(
+                self.spec.size, scale=(self.cfg.scale_min, 1.0),
+                interpolation=_INTERPOLATION[self.spec.interpolation], antialias=True,
+            ),
+            v2.RandomHorizontalFlip(self.cfg.hflip),
+        ]
+        if self.cfg.rotation:
+            steps.append(v2.RandomRotation(self.cfg.rotation))
+        if self.cfg.color_jitter:
+            j = self.cfg.color_jitter
+            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        img = v2.Compose(steps)(img.convert("L" if self.spec.channels == 1 else "RGB"))
+        array = np.array(img, dtype=np.uint8)
+        return array[..., None] if array.ndim == 2 else array
+
+    def class_weights(self, mode: str | None) -> list[float] | None:
+        """None, `balanced` (n / (K * count) on train) or explicit comma-separated weights."""
+        if not mode:
+            return None
+        if mode != "balanced":
+            return [float(w) for w in mode.split(",")]
+        counts = np.maximum(np.asarray(list(self.source.class_counts("train").values()), float), 1)
+        return (counts.sum() / (len(counts) * counts)).tolist()
+
+    def dataset(self, split: str) -> ImageDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageDataset(self.source, self.source.splits[split], transform)
+
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self.dataset(split), batch_size=self.cfg.batch_size, shuffle=split == "train",
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            drop_last=split == "train" and len(self.source.splits["train"]) > self.cfg.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def example_batch(self, n: int = 8) -> tuple[torch.Tensor, ...]:
+        """Real validation images (no augmentation) for the export parity check."""
+        data = self.dataset("val")
+        items = [data[i] for i in range(min(n, len(data)))]
+        return (torch.stack([x for x, _ in items]),)

@@ -1,0 +1,128 @@
+"""torch -> ONNX: probabilities head, metadata, onnx.checker and an ORT-vs-torch parity check.
+
+Like timm's onnx_export.py, an export is never trusted until ONNX Runtime has reproduced
+the PyTorch outputs on a real batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from datetime import datetime, timezone
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import core
+from core.errors import ExportParityError
+from core.models.image_classifier import WithProbabilities
+from core.runtime.io import atomic_write
+from core.runtime.session import METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+OUTPUT_NAME = "probabilities"
+PARITY_TOLERANCE = 1e-4
+
+
+def export_onnx(
+    net: nn.Module, example_inputs: tuple[torch.Tensor, ...], out: str | Path,
+    input_names: list[str], metadata: dict, multilabel: bool = False,
+    dynamic_axes: dict[str, dict[int, str]] | None = None, tolerance: float = PARITY_TOLERANCE,
+) -> dict:
+    """Export `net` with a probabilities output, check it, and write it atomically to `out`.
+
+    Args:
+        net: inputs -> logits module.
+        example_inputs: a real batch; also used for the parity check.
+        out: destination .onnx path.
+        input_names: graph input names, one per example input.
+        metadata: the deepapps JSON stored in metadata_props (see DESIGN: the ONNX contract).
+        multilabel: sigmoid instead of softmax.
+        dynamic_axes: per input, the dynamic axes; default makes axis 0 `batch`.
+        tolerance: largest allowed |p_onnx - p_torch|.
+
+    Returns:
+        The metadata written, with `export.parity_max_abs_diff` filled in.
+
+    Raises:
+        ExportParityError: ONNX Runtime's probabilities differ from torch's by more than tolerance.
+    """
+    model = WithProbabilities(net, multilabel).eval().cpu().float()
+    example_inputs = tuple(x.cpu() for x in example_inputs)
+    axes = dynamic_axes or {name: {0: "batch"} for name in input_names}
+    axes[OUTPUT_NAME] = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        expected = model(*example_inputs).numpy()
+        buffer = BytesIO()
+        torch.onnx.export(
+            model, example_inputs, buffer, input_names=input_names, output_names=[OUTPUT_NAME],
+            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(proto, full_check=True)
+    diff = parity(proto.SerializeToString(), example_inputs, input_names, expected)
+    if not diff <= tolerance:
+        raise ExportParityError(
+            f"{out}: ONNX Runtime differs from torch by {diff:.2e} (> {tolerance:.0e}); not written"
+        )
+    metadata = metadata | {
+        "version": core.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export": {"opset": OPSET, "torch": torch.__version__, "parity_max_abs_diff": diff,
+                   "parity_batch": int(len(example_inputs[0]))},
+    }
+    set_metadata(proto, metadata)
+    atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
+    log.info("exported %s (parity max abs diff %.2e)", out, diff)
+    return metadata
+
+
+def parity(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], names: list[str], expected: np.ndarray) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and `expected` on `inputs`."""
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})[0]
+    return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict) -> None:
+    """Store the deepapps JSON in metadata_props (replacing an earlier value)."""
+    for i in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[i].key == METADATA_KEY:
+            del proto.metadata_props[i]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, default=_jsonable)
+    proto.producer_name, proto.producer_version = "deepapps", core.__version__
+
+
+def read_metadata(path: str | Path) -> dict:
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+def convert_fp16(src: str | Path, out: str | Path) -> Path:
+    """Half-precision copy for GPU serving: weights and math in fp16, uint8/fp32 I/O kept."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(src))
+    half = convert_float_to_float16(proto, keep_io_types=True)
+    meta = read_metadata(src)
+    meta["export"] = meta.get("export", {}) | {"precision": "fp16"}
+    set_metadata(half, meta)
+    onnx.checker.check_model(half)
+    return atomic_write(out, lambda tmp: onnx.save(half, str(tmp)))
+
+
+def _jsonable(obj: object) -> object:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)

@@ -1,0 +1,51 @@
+"""Image classifier whose graph takes raw pixels: uint8 NHWC in, logits out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    """timm backbone + dropout/linear head, with pixel normalisation inside the graph.
+
+    Args:
+        backbone: timm model built with num_classes=0, returning pooled features (B, F).
+        num_outputs: classes (or labels, for multi-label).
+        mean, std: per-channel normalisation in [0, 1] units (the backbone's pretrained cfg).
+        in_channels: channels of the pixel input; 1 is repeated to the backbone's 3.
+        drop_rate: dropout before the linear head.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_outputs: int, mean: tuple[float, ...],
+        std: tuple[float, ...], in_channels: int = 3, drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(backbone.num_features, num_outputs))
+        self.in_channels = in_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()  # (B, H, W, C) uint8 -> (B, C, H, W)
+        if self.in_channels == 1:
+            x = x.expand(-1, 3, -1, -1)  # grey -> the backbone's 3 channels
+        x = (x - self.mean) / self.std
+        features = self.backbone(x)  # (B, F)
+        return self.head(features)  # (B, K) logits
+
+
+class WithProbabilities(nn.Module):
+    """Ends a logits network with softmax (single-label) or sigmoid (multi-label) for export."""
+
+    def __init__(self, net: nn.Module, multilabel: bool, temperature: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.multilabel = multilabel
+        self.temperature = temperature
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.net(*inputs) / self.temperature
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)

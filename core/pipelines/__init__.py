@@ -1,0 +1,38 @@
+"""Per-family builders (torch side). Each returns a `Built`: the network, its data and specs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Built:
+    """What `core.training` needs from a model family to fit, test and export.
+
+    Attributes:
+        net: inputs -> logits module, with a `.backbone` attribute.
+        labels: class or label names.
+        multilabel: independent sigmoid labels instead of one softmax.
+        datamodule: the LightningDataModule, or None when built without data.
+        inputs: graph input spec for the metadata: name, dtype, shape, layout.
+        preprocess: what predict does outside the graph, plus what the graph does inside.
+        weights: where the pretrained weights came from (one line).
+        dummy_inputs: n -> example input tensors, used when no real data is at hand.
+    """
+
+    net: Any
+    labels: list[str]
+    multilabel: bool
+    datamodule: Any
+    inputs: list[dict]
+    preprocess: dict
+    weights: str
+    dummy_inputs: Callable[[int], tuple]
+
+    def example_inputs(self, n: int = 8) -> tuple:
+        """A real validation batch when data is loaded, else dummy inputs."""
+        if self.datamodule is not None:
+            return self.datamodule.example_batch(n)
+        return self.dummy_inputs(n)

@@ -1,0 +1,1 @@
+"""Training reports: plots and model cards (no torch)."""

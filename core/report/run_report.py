@@ -1,0 +1,66 @@
+"""Everything a reviewer reads after fit: plots/*.png, samples/ and model_card.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.pipelines import Built
+from core.registry import AppSpec
+from core.report.model_card import write_model_card
+from core.report.plots import confusion_matrix_plot, roc_plot, training_curves
+
+SAMPLES = 12
+
+
+def write_run_report(
+    run_dir: Path, app: AppSpec, built: Built, cfg, config_yaml: str, metrics: dict, evaluation,
+) -> Path:
+    """Plots from the logs and the ONNX test evaluation, sample inputs, and the model card."""
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    plots = [
+        training_curves(run_dir / "csv" / "metrics.csv", plots_dir / "training_curves.png"),
+        roc_plot(evaluation.problem, evaluation.targets, evaluation.probs, evaluation.labels, plots_dir / "roc.png"),
+    ]
+    if "confusion_matrix" in evaluation.metrics:
+        plots.append(confusion_matrix_plot(
+            evaluation.metrics["confusion_matrix"], evaluation.labels, plots_dir / "confusion_matrix.png"
+        ))
+    samples = _write_samples(run_dir / "samples", built.datamodule)
+    info = {
+        "app": app.name,
+        "title": f"deepapps {app.name}: {cfg.model.backbone} on {cfg.data.path}",
+        "data": built.datamodule.source.summary(),
+        "model": {
+            "backbone": cfg.model.backbone,
+            "weights": built.weights,
+            "parameters": sum(p.numel() for p in built.net.parameters()),
+        },
+        "config_yaml": config_yaml,
+        "metrics": {k: _headline(metrics[k]) for k in ("val", "test_torch", "test") if k in metrics},
+        "export": metrics.get("export", {}),
+        "plots": [str(p.relative_to(run_dir)) for p in plots if p],
+        "onnx": "model.onnx",
+    }
+    if samples:
+        info["data"]["notes"] = info["data"]["notes"] + [
+            f"{samples} test images were saved to samples/ to try `deepapps {app.name} predict` on."
+        ]
+    return write_model_card(run_dir / "model_card.md", info)
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+
+
+def _write_samples(folder: Path, datamodule) -> int:
+    """A few test images as PNG when the data lives in arrays (builtin, .npz), else none."""
+    source = datamodule.source
+    if Path(source.refs[0]).is_file():
+        return 0
+    folder.mkdir(exist_ok=True)
+    indices = source.splits["test"][:SAMPLES]
+    for i in indices:
+        label = source.labels[source.targets[i]] if not source.multilabel else "multi"
+        source.load(int(i)).save(folder / f"{int(i):05d}_label-{label}.png")
+    return len(indices)

@@ -1,0 +1,1 @@
+"""Serving side: ONNX Runtime, numpy, pillow, polars. Nothing here may import torch."""

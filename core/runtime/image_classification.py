@@ -1,0 +1,115 @@
+"""Serving side of image classification: predict and evaluate with ONNX Runtime only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from core.errors import DataError, DeepappsError
+from core.runtime.images import ImageSpec, list_images, open_image, to_model_input
+from core.runtime.io import write_table
+from core.runtime.session import OnnxModel
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="labels kept per image")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a model on one split, with the raw targets and probabilities for plots."""
+
+    metrics: dict
+    targets: np.ndarray
+    probs: np.ndarray
+    labels: list[str]
+    problem: str
+
+
+def score_images(model: OnnxModel, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Probabilities (N, K) for preprocessed uint8 (H, W, C) images."""
+    name = model.meta["inputs"][0]["name"]
+    out = [model.run({name: np.stack(images[i : i + batch_size])}) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
+
+
+def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
+    """Score every image; unreadable ones become error rows. Returns (table, failures)."""
+    spec = ImageSpec.from_meta(model.meta["preprocess"])
+    paths = list_images(args.inputs)
+    rows: list[dict] = []
+    top_k = max(1, min(args.top_k, len(model.labels)))
+    for start in range(0, len(paths), args.batch_size):
+        batch, ok = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                batch.append(to_model_input(open_image(path, spec.channels), spec))
+                ok.append(path)
+            except DataError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                rows.append(_row(path, error=str(exc)))
+        if batch:
+            probs = score_images(model, batch, args.batch_size)
+            rows += [_prediction_row(p, pr, model, top_k) for p, pr in zip(ok, probs)]
+    order = {str(p): i for i, p in enumerate(paths)}
+    rows.sort(key=lambda r: order[r["path"]])
+    failures = sum(1 for r in rows if r["error"])
+    return pl.DataFrame(rows, schema=_SCHEMA), failures
+
+
+_SCHEMA = {"path": pl.String, "label": pl.String, "probability": pl.Float64,
+           "top_labels": pl.String, "top_probabilities": pl.String, "error": pl.String}
+
+
+def _row(path: Path, error: str = "", **values: object) -> dict:
+    return {"path": str(path), "label": None, "probability": None, "top_labels": None,
+            "top_probabilities": None, "error": error} | values
+
+
+def _prediction_row(path: Path, probs: np.ndarray, model: OnnxModel, top_k: int) -> dict:
+    labels = model.labels
+    top = np.argsort(-probs)[:top_k]
+    if model.meta["task"] == "multilabel":
+        threshold = model.meta.get("threshold") or 0.5
+        chosen = [labels[i] for i in np.flatnonzero(probs >= threshold)]
+        label, probability = ";".join(chosen), float(probs.max())
+    else:
+        label, probability = labels[top[0]], float(probs[top[0]])
+    return _row(
+        path, label=label, probability=round(probability, 6),
+        top_labels=";".join(labels[i] for i in top),
+        top_probabilities=";".join(f"{probs[i]:.6f}" for i in top),
+    )
+
+
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
+    """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
+    from core.data.image_sources import SplitSettings, open_image_source
+    from core.metrics import classification_metrics
+
+    data_cfg = model.meta.get("train", {}).get("data_config", {})
+    settings = SplitSettings(
+        data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
+    )
+    source = open_image_source(
+        data_path, settings, data_cfg.get("path_column", "path"), data_cfg.get("label_column", "label")
+    )
+    if source.labels != model.labels:
+        raise DataError(f"{data_path}: labels {source.labels} differ from the model's {model.labels}")
+    if split not in source.splits:
+        raise DeepappsError(f"--split {split}: choose one of {sorted(source.splits)}")
+    spec = ImageSpec.from_meta(model.meta["preprocess"])
+    indices = source.splits[split]
+    images = [to_model_input(source.load(int(i)), spec) for i in indices]
+    probs = score_images(model, images, batch_size)
+    targets = source.targets[indices]
+    metrics = classification_metrics(model.meta["task"], targets, probs, model.labels)
+    metrics = {"split": split, "data": data_path} | metrics
+    return Evaluation(metrics, targets, probs, model.labels, model.meta["task"])

@@ -1,0 +1,114 @@
+"""Load a deepapps ONNX model with its metadata and run it on the best provider."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from core.errors import DeepappsError, ModelFileError
+
+METADATA_KEY = "deepapps"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX Runtime session plus the deepapps metadata that travels in the file."""
+
+    path: Path
+    session: ort.InferenceSession
+    meta: dict
+    provider: str
+    provider_note: str
+
+    @property
+    def app(self) -> str:
+        return self.meta["app"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """First output for one batch; on CUDA through IO binding (output stays on device)."""
+        if self.provider != CUDA:
+            return self.session.run(None, feeds)[0]
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        binding.bind_output(self.session.get_outputs()[0].name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def load_model(path: str | Path, provider: str = "auto", app: str | None = None) -> OnnxModel:
+    """Open `path` with ONNX Runtime and check that `app` made it.
+
+    Args:
+        path: the .onnx file.
+        provider: `auto` (CUDA when it really initialises, else CPU), `cpu` or `cuda`.
+        app: expected app name; a model made by another app is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    wanted = _providers(provider)
+    ort.set_default_logger_severity(4)  # a failed CUDA start is reported below in one line instead
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    except Exception as exc:  # ORT raises several types for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+    finally:
+        ort.set_default_logger_severity(3)
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise ModelFileError(f"{path}: not a deepapps model (no '{METADATA_KEY}' metadata)")
+    meta = json.loads(raw)
+    if app is not None and meta.get("app") != app:
+        made_by = meta.get("app", "unknown")
+        raise ModelFileError(
+            f"{path}: made by the {made_by} app, not {app}; use `deepapps {made_by} ...`"
+        )
+    used = session.get_providers()[0]
+    if provider == "cuda" and used != CUDA:
+        raise DeepappsError(f"{path}: --provider cuda asked, but CUDA did not initialise")
+    note = _provider_note(provider, used)
+    return OnnxModel(path=path, session=session, meta=meta, provider=used, provider_note=note)
+
+
+def _providers(provider: str) -> list[str]:
+    if provider not in ("auto", "cpu", "cuda"):
+        raise DeepappsError(f"--provider {provider}: choose auto, cpu or cuda")
+    available = ort.get_available_providers()
+    if provider == "cuda" and CUDA not in available:
+        raise DeepappsError("--provider cuda: this onnxruntime build has no CUDA provider")
+    if provider in ("auto", "cuda") and CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def _provider_note(asked: str, used: str) -> str:
+    if used == CUDA:
+        return f"provider: {CUDA} (GPU, IO binding)"
+    if asked == "cpu":
+        return f"provider: {CPU} (asked for cpu)"
+    if CUDA in ort.get_available_providers():
+        return f"provider: {CPU} (CUDA provider present but did not initialise: no usable GPU)"
+    return f"provider: {CPU} (this onnxruntime build has no CUDA provider)"
+
+
+def say_provider(model: OnnxModel) -> None:
+    print(model.provider_note, file=sys.stderr)

@@ -1,0 +1,251 @@
+"""Trainer factory and the one fit pipeline every app shares.
+
+fit = train -> best checkpoint -> validate/test in torch -> export ONNX (parity-checked)
+    -> evaluate the ONNX file on the test split -> metrics.json, plots, model_card.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import onnx
+import pytorch_lightning as L
+import torch
+from pytorch_lightning.callbacks import (
+    BackboneFinetuning, Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar,
+)
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from core.config import TrainerConfig
+from core.errors import ConfigError
+from core.export import convert_fp16, export_onnx, read_metadata, set_metadata
+from core.pipelines import Built
+from core.registry import AppSpec
+from core.runtime.io import atomic_write, write_json, write_text
+from core.runtime.session import load_model
+from core.tasks.classification import ClassificationTask, problem_type
+
+log = logging.getLogger("deepapps")
+
+
+class EpochSummary(Callback):
+    """One line per epoch when there is no terminal for a progress bar (CI logs, nohup)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss_epoch", "val/"))}
+        text = " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text}", file=sys.stderr, flush=True)
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    """`auto`: bf16-mixed on a CUDA GPU that has bf16, 16-mixed on older GPUs, else 32-true."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def make_trainer(
+    cfg: TrainerConfig, run_dir: Path, callbacks: list[Callback] | None = None, mode: str = "max",
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with best/last checkpoints, early stopping, LR monitor, CSV + TensorBoard logs."""
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=mode,
+        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+        save_on_exception=True,
+    )
+    progress = [RichProgressBar()] if sys.stderr.isatty() else [EpochSummary()]
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),
+        callbacks=[
+            checkpoint,
+            EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
+            LearningRateMonitor(logging_interval="epoch"),
+            *progress,
+            *(callbacks or []),
+        ],
+        logger=[CSVLogger(run_dir, name="csv", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
+        enable_progress_bar=sys.stderr.isatty(),
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        gradient_clip_val=cfg.gradient_clip_val,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_model_summary=False,
+    )
+    return trainer, checkpoint
+
+
+def default_run_dir(app: str) -> Path:
+    return Path("runs") / app / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
+    """Train, export and evaluate one run; returns the run folder.
+
+    Args:
+        app: the app being trained.
+        cfg: the app's fit config (dataclass instance).
+        config: the same config as a plain dict (saved in checkpoints and metadata).
+        config_yaml: the same config as YAML (saved as config.yaml).
+    """
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(app.name)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume and not last.is_file():
+        raise ConfigError(f"--resume: {last} does not exist; give the --run_dir of the run to continue")
+    if not cfg.resume and last.is_file():
+        raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_yaml)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    built = app.load_pipeline().build(cfg, pretrained=cfg.model.pretrained)
+    dm = built.datamodule
+    task = make_task(built, cfg, config, class_weights=dm.class_weights(cfg.optim.class_weights))
+    callbacks = []
+    if cfg.model.freeze_epochs > 0:
+        callbacks.append(BackboneFinetuning(
+            unfreeze_backbone_at_epoch=cfg.model.freeze_epochs,
+            backbone_initial_ratio_lr=cfg.model.unfreeze_lr_ratio,
+        ))
+    trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks)
+    log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.source.description,
+             built.weights, resolve_precision(cfg.trainer))
+    trainer.fit(task, datamodule=dm, ckpt_path=str(last) if cfg.resume else None)
+    if not trainer.is_global_zero:
+        return run_dir
+
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    metrics = {
+        "best_checkpoint": best.name,
+        "val": _strip(trainer.validate(task, datamodule=dm, verbose=False)[0], "val/"),
+        "test_torch": _strip(trainer.test(task, datamodule=dm, verbose=False)[0], "test/"),
+    }
+    onnx_path = run_dir / "model.onnx"
+    metadata = onnx_metadata(app, built, cfg, config, metrics={"val": metrics["val"]})
+    export_info = export_onnx(
+        task.net, built.example_inputs(8), onnx_path, [i["name"] for i in built.inputs], metadata,
+        multilabel=built.multilabel,
+    )["export"]
+    evaluation = app.load_runtime().evaluate(load_model(onnx_path, provider="cpu", app=app.name), cfg.data.path, "test")
+    metrics["test"] = evaluation.metrics
+    metrics["export"] = export_info
+    _store_metrics_in_model(onnx_path, metrics)
+    if cfg.export_fp16:
+        convert_fp16(onnx_path, run_dir / "model.fp16.onnx")
+    write_json(run_dir / "metrics.json", metrics)
+    from core.report.run_report import write_run_report  # matplotlib only when reporting
+
+    write_run_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)
+    log.info("test (ONNX Runtime): %s", {k: metrics["test"].get(k) for k in ("accuracy", "macro_f1", "auroc")})
+    return run_dir
+
+
+def make_task(built: Built, cfg, config: dict, class_weights: list[float] | None = None) -> ClassificationTask:
+    hparams = {"config": config, "inputs": built.inputs, "preprocess": built.preprocess, "weights": built.weights}
+    return ClassificationTask(built.net, built.labels, built.multilabel, cfg.optim, class_weights, hparams)
+
+
+def onnx_metadata(app: AppSpec, built: Built, cfg, config: dict, metrics: dict) -> dict:
+    """The deepapps JSON that travels in model.onnx (see DESIGN.md: the ONNX contract)."""
+    data = built.datamodule.source.summary() if built.datamodule is not None else {}
+    return {
+        "app": app.name,
+        "family": app.task,
+        "task": problem_type(len(built.labels), built.multilabel),
+        "labels": built.labels,
+        "inputs": built.inputs,
+        "outputs": [{"name": "probabilities", "dtype": "float32", "shape": ["batch", len(built.labels)]}],
+        "preprocess": built.preprocess,
+        "threshold": 0.5 if built.multilabel else None,
+        "metrics": metrics,
+        "train": {
+            "data": {k: data[k] for k in ("source", "sizes", "notes") if k in data},
+            "data_config": asdict(cfg.data),
+            "backbone": cfg.model.backbone,
+            "pretrained": built.weights,
+            "config_sha256": hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest(),
+        },
+    }
+
+
+def load_checkpoint(app: AppSpec, ckpt: Path, cfg, with_data: bool) -> tuple[ClassificationTask, Built]:
+    """Rebuild the network from a checkpoint's saved config and load its weights."""
+    if not ckpt.is_file():
+        raise ConfigError(f"--ckpt {ckpt}: no such checkpoint")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hp = state.get("hyper_parameters", {})
+    built = app.load_pipeline().build(
+        cfg, pretrained=None, labels=hp.get("labels"), multilabel=hp.get("multilabel", False), with_data=with_data,
+    )
+    task = make_task(built, cfg, hp.get("run", {}).get("config", {}))
+    task.load_state_dict(state["state_dict"])
+    return task.eval(), built
+
+
+def checkpoint_config(ckpt: Path) -> dict:
+    """The config dict a checkpoint was trained with."""
+    if not ckpt.is_file():
+        raise ConfigError(f"--ckpt {ckpt}: no such checkpoint")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return state.get("hyper_parameters", {}).get("run", {}).get("config", {})
+
+
+def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:
+    """`validate` or `test` a checkpoint in torch; returns the metrics."""
+    task, built = load_checkpoint(app, ckpt, cfg, with_data=True)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=1, precision=resolve_precision(cfg.trainer),
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    run = trainer.validate if stage == "validate" else trainer.test
+    prefix = "val/" if stage == "validate" else "test/"
+    return _strip(run(task, datamodule=built.datamodule, verbose=False)[0], prefix)
+
+
+def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp16: bool) -> Path:
+    """Export a checkpoint; the parity batch is real data when the data path exists."""
+    try:
+        task, built = load_checkpoint(app, ckpt, cfg, with_data=True)
+    except Exception as exc:  # data gone: export still works, on dummy inputs
+        log.warning("data not available (%s); parity check on random inputs", str(exc).splitlines()[0])
+        task, built = load_checkpoint(app, ckpt, cfg, with_data=False)
+    run_metrics = ckpt.parent.parent / "metrics.json"
+    metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
+    metadata = onnx_metadata(app, built, cfg, config, metrics={k: metrics[k] for k in ("val", "test") if k in metrics})
+    export_onnx(task.net, built.example_inputs(8), out, [i["name"] for i in built.inputs], metadata,
+                multilabel=built.multilabel)
+    if fp16:
+        convert_fp16(out, out.with_suffix(".fp16.onnx"))
+    return out
+
+
+def _store_metrics_in_model(onnx_path: Path, metrics: dict) -> None:
+    proto = onnx.load(str(onnx_path))
+    meta = read_metadata(onnx_path)
+    headline = ("accuracy", "macro_f1", "auroc", "auprc", "n")
+    meta["metrics"] = {
+        "val": metrics["val"],
+        "test": {k: metrics["test"][k] for k in headline if k in metrics["test"]},
+    }
+    set_metadata(proto, meta)
+    atomic_write(onnx_path, lambda tmp: onnx.save(proto, str(tmp)))
+
+
+def _strip(metrics: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): float(v) for k, v in metrics.items() if k.startswith(prefix)}
