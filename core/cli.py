@@ -103,7 +103,7 @@ def config_parser(app: AppSpec, command: str, with_ckpt: bool = False, base_yaml
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(
-        prog=f"deepapps {app.name} {command}", exit_on_error=False,
+        prog=f"deepapps {app.name} {command}", exit_on_error=False, allow_abbrev=False,
         default_config_files=[str(app.default_config)] if base_yaml and app.default_config.is_file() else [],
         description=COMMANDS[command],
     )
@@ -171,7 +171,7 @@ def _export(app: AppSpec, command: str, argv: list[str]) -> int:
 
 
 def _serving_parser(app: AppSpec, command: str) -> OneLineParser:
-    parser = OneLineParser(prog=f"deepapps {app.name} {command}", description=COMMANDS[command])
+    parser = OneLineParser(prog=f"deepapps {app.name} {command}", description=COMMANDS[command], allow_abbrev=False)
     parser.add_argument("--model", required=True, help="deepapps .onnx file")
     parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto = CUDA when it initialises, else CPU")
@@ -255,3 +255,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _strip_config_keys(yaml: str) -> str:
     return "\n".join(line for line in yaml.splitlines() if not line.startswith("config:")) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import onnx
+import polars as pl
 import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import (
@@ -123,18 +124,22 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
             backbone_initial_ratio_lr=cfg.model.unfreeze_lr_ratio,
         ))
     trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks)
+    earlier_logs = _read_logs(run_dir) if cfg.resume else None
     log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.source.description,
              built.weights, resolve_precision(cfg.trainer))
     trainer.fit(task, datamodule=dm, ckpt_path=str(last) if cfg.resume else None)
     if not trainer.is_global_zero:
         return run_dir
+    if earlier_logs is not None:
+        _merge_logs(run_dir, earlier_logs)
 
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    evaluator = eval_trainer(cfg.trainer)
     metrics = {
         "best_checkpoint": best.name,
-        "val": _strip(trainer.validate(task, datamodule=dm, verbose=False)[0], "val/"),
-        "test_torch": _strip(trainer.test(task, datamodule=dm, verbose=False)[0], "test/"),
+        "val": _strip(evaluator.validate(task, datamodule=dm, verbose=False)[0], "val/"),
+        "test_torch": _strip(evaluator.test(task, datamodule=dm, verbose=False)[0], "test/"),
     }
     onnx_path = run_dir / "model.onnx"
     metadata = onnx_metadata(app, built, cfg, config, metrics={"val": metrics["val"]})
@@ -206,13 +211,18 @@ def checkpoint_config(ckpt: Path) -> dict:
     return state.get("hyper_parameters", {}).get("run", {}).get("config", {})
 
 
+def eval_trainer(cfg: TrainerConfig) -> L.Trainer:
+    """A one-device Trainer without loggers, for metrics after fit or on a checkpoint."""
+    return L.Trainer(
+        accelerator=cfg.accelerator, devices=1, precision=resolve_precision(cfg),
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+
+
 def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:
     """`validate` or `test` a checkpoint in torch; returns the metrics."""
     task, built = load_checkpoint(app, ckpt, cfg, with_data=True)
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=1, precision=resolve_precision(cfg.trainer),
-        logger=False, enable_progress_bar=False, enable_model_summary=False,
-    )
+    trainer = eval_trainer(cfg.trainer)
     run = trainer.validate if stage == "validate" else trainer.test
     prefix = "val/" if stage == "validate" else "test/"
     return _strip(run(task, datamodule=built.datamodule, verbose=False)[0], prefix)
@@ -245,6 +255,22 @@ def _store_metrics_in_model(onnx_path: Path, metrics: dict) -> None:
     }
     set_metadata(proto, meta)
     atomic_write(onnx_path, lambda tmp: onnx.save(proto, str(tmp)))
+
+
+def _read_logs(run_dir: Path) -> pl.DataFrame | None:
+    path = run_dir / "csv" / "metrics.csv"
+    return pl.read_csv(path, infer_schema_length=None) if path.is_file() else None
+
+
+def _merge_logs(run_dir: Path, earlier: pl.DataFrame | None) -> None:
+    """CSVLogger rewrites metrics.csv on resume: put the interrupted run's epochs back."""
+    now = _read_logs(run_dir)
+    if earlier is None or now is None:
+        return
+    first_new = now["epoch"].drop_nulls().min()
+    kept = earlier.filter(pl.col("epoch") < first_new)
+    merged = pl.concat([kept, now], how="diagonal_relaxed")
+    atomic_write(run_dir / "csv" / "metrics.csv", lambda tmp: merged.write_csv(tmp))
 
 
 def _strip(metrics: dict, prefix: str) -> dict:

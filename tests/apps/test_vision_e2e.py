@@ -1,0 +1,153 @@
+"""End to end through the CLI: fit -> ONNX -> evaluate / predict / test / export / resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import polars as pl
+import pytest
+from PIL import Image
+
+from core.cli import main
+from core.export import read_metadata
+from tests.helpers import TINY
+
+
+def test_fit_writes_a_complete_run(tiny_run):
+    for name in ("config.yaml", "metrics.json", "model.onnx", "model_card.md",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "plots/training_curves.png",
+                 "plots/confusion_matrix.png", "plots/roc.png"):
+        assert (tiny_run / name).is_file(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1", "auroc", "per_class", "confusion_matrix"}
+    assert metrics["export"]["parity_max_abs_diff"] <= 1e-4
+    # the ONNX file and the torch checkpoint agree on the test split
+    assert metrics["test"]["accuracy"] == pytest.approx(metrics["test_torch"]["accuracy"], abs=1e-6)
+    # colours are easy: even a tiny random-init net must beat chance (1/3) clearly
+    assert metrics["test"]["accuracy"] >= 0.6
+    card = (tiny_run / "model_card.md").read_text()
+    assert "test_resnet" in card and f"{metrics['test']['accuracy']:.4f}" in card
+
+
+def test_onnx_carries_the_contract(tiny_run):
+    proto = onnx.load(str(tiny_run / "model.onnx"))
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version >= 17
+    meta = read_metadata(tiny_run / "model.onnx")
+    assert meta["app"] == "vision" and meta["task"] == "multiclass"
+    assert meta["labels"] == ["blue", "green", "red"]
+    assert meta["inputs"][0] | {} == {"name": "pixels", "dtype": "uint8", "shape": ["batch", 32, 32, 3], "layout": "NHWC"}
+    assert meta["preprocess"]["size"] == 32 and "mean" in meta["preprocess"]
+    assert set(meta["metrics"]) == {"val", "test"} and meta["version"] and meta["created"]
+    graph_input = proto.graph.input[0].type.tensor_type
+    assert graph_input.elem_type == onnx.TensorProto.UINT8
+    assert graph_input.shape.dim[0].dim_param == "batch"
+
+
+def test_evaluate_measures_the_shipped_file(tiny_run, image_folder, capsys, tmp_path):
+    out = tmp_path / "eval.json"
+    code = main(["vision", "evaluate", "--model", str(tiny_run / "model.onnx"),
+                 "--data.path", str(image_folder), "--split", "test", "--out", str(out)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tiny_run / "metrics.json").read_text())["test"]
+    assert printed["accuracy"] == pytest.approx(saved["accuracy"])
+    assert printed["n"] == saved["n"] == 6  # 15% of 16 per class, stratified
+    assert json.loads(out.read_text())["macro_f1"] == pytest.approx(printed["macro_f1"])
+
+
+def test_predict_writes_csv_with_error_rows(tiny_run, image_folder, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    red = Image.open(next((image_folder / "red").glob("*.png")))
+    red.convert("L").save(inputs / "grey.bmp")
+    red.convert("RGBA").save(inputs / "rgba.png")
+    red.save(inputs / "photo.tiff")
+    red.convert("RGB").save(inputs / "photo.jpg")
+    (inputs / "broken.jpg").write_bytes((inputs / "photo.jpg").read_bytes()[:100])
+    (inputs / "notes.png").write_text("not an image")
+    out = tmp_path / "pred.csv"
+    code = main(["vision", "predict", "--model", str(tiny_run / "model.onnx"), "--out", str(out),
+                 "--top-k", "2", str(inputs)])
+    assert code == 0
+    table = pl.read_csv(out)
+    assert table.columns == ["path", "label", "probability", "top_labels", "top_probabilities", "error"]
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in table.to_dicts()}
+    assert set(rows) == {"grey.bmp", "rgba.png", "photo.tiff", "photo.jpg", "broken.jpg", "notes.png"}
+    assert "corrupt or truncated" in rows["broken.jpg"]["error"]
+    assert "not an image" in rows["notes.png"]["error"]
+    for name in ("rgba.png", "photo.tiff", "photo.jpg"):
+        assert not rows[name]["error"] and rows[name]["label"] == "red"
+        probs = [float(p) for p in rows[name]["top_probabilities"].split(";")]
+        assert len(probs) == 2 and probs[0] >= probs[1]
+    assert "2 of 6 inputs failed" in capsys.readouterr().err
+
+
+def test_predict_matches_torch_on_the_same_pixels(tiny_run, image_folder):
+    import torch
+
+    from core.runtime.images import ImageSpec, open_image, to_model_input
+    from core.runtime.session import load_model
+    from core.training import load_checkpoint
+    from core.config import ImageFitConfig, from_dict
+    from core.registry import get_app
+
+    model = load_model(tiny_run / "model.onnx", "cpu", app="vision")
+    spec = ImageSpec.from_meta(model.meta["preprocess"])
+    pixels = np.stack([to_model_input(open_image(p), spec) for p in sorted(image_folder.rglob("*.png"))[:6]])
+    cfg = from_dict(ImageFitConfig, model.meta["train"] | {"data": model.meta["train"]["data_config"],
+                                                          "model": {"backbone": "test_resnet", "drop_rate": 0.0}})
+    task, _ = load_checkpoint(get_app("vision"), tiny_run / "checkpoints" / "best.ckpt", cfg, with_data=False)
+    with torch.no_grad():
+        expected = torch.softmax(task(torch.from_numpy(pixels)), -1).numpy()
+    assert np.abs(model.run({"pixels": pixels}) - expected).max() < 1e-4
+
+
+def test_checkpoint_commands(tiny_run, image_folder, tmp_path, capsys):
+    ckpt = str(tiny_run / "checkpoints" / "best.ckpt")
+    assert main(["vision", "test", "--ckpt", ckpt]) == 0
+    tested = json.loads(capsys.readouterr().out)
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert tested["accuracy"] == pytest.approx(saved["test_torch"]["accuracy"])
+    assert main(["vision", "validate", "--ckpt", ckpt]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(saved["val"]["accuracy"])
+    out = tmp_path / "exported.onnx"
+    assert main(["vision", "export", "--ckpt", ckpt, "--out", str(out), "--fp16", "true"]) == 0
+    meta = read_metadata(out)
+    assert meta["labels"] == ["blue", "green", "red"] and meta["export"]["parity_max_abs_diff"] <= 1e-4
+    assert out.with_suffix(".fp16.onnx").is_file()
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, image_folder):
+    run_dir = tmp_path / "run"
+    args = ["vision", "fit", "--config", str(TINY), "--data.path", str(image_folder),
+            "--run_dir", str(run_dir), "--data.batch_size", "8", "--trainer.limit_train_batches", "3"]
+    assert main(args + ["--trainer.max_epochs", "1"]) == 0
+    # a second fit into the same folder without --resume is refused, with one line
+    assert main(args + ["--trainer.max_epochs", "2"]) == 2
+    import torch
+
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (0, 3)
+    assert main(args + ["--trainer.max_epochs", "2", "--resume", "true"]) == 0
+    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert second["global_step"] == 6  # continued from step 3, not restarted
+    epochs = pl.read_csv(run_dir / "csv" / "metrics.csv")["epoch"].drop_nulls().unique().to_list()
+    assert sorted(epochs) == [0, 1]
+
+
+def test_predict_path_never_imports_torch(tiny_run, image_folder):
+    code = (
+        "import sys\n"
+        "from core.cli import main\n"
+        f"rc = main(['vision', 'predict', '--model', {str(tiny_run / 'model.onnx')!r}, {str(image_folder)!r}])\n"
+        "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'timm', 'transformers', 'sklearn') if m in sys.modules)\n"
+        "print('HEAVY', heavy, rc, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY [] 0" in result.stderr
+    assert result.stdout.count("\n") == 49  # header + 48 images
