@@ -19,7 +19,7 @@ import polars as pl
 import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import (
-    BackboneFinetuning, Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar,
+    Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar,
 )
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -46,6 +46,19 @@ class EpochSummary(Callback):
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text}", file=sys.stderr, flush=True)
 
 
+class FreezeBackbone(Callback):
+    """No backbone gradients for the first `epochs` (the schedule also gives it lr 0 then)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.backbone.requires_grad_(trainer.current_epoch >= self.epochs)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.backbone.requires_grad_(True)
+
+
 def resolve_precision(cfg: TrainerConfig) -> str:
     """`auto`: bf16-mixed on a CUDA GPU that has bf16, 16-mixed on older GPUs, else 32-true."""
     if cfg.precision != "auto":
@@ -61,8 +74,12 @@ def make_trainer(
     """A Trainer with best/last checkpoints, early stopping, LR monitor, CSV + TensorBoard logs."""
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=mode,
-        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
-        save_on_exception=True,
+        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    # Lightning >= 2.6 refreshes save_last only when the best improves; resume needs every epoch
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+        enable_version_counter=False, save_on_exception=True,
     )
     progress = [RichProgressBar()] if sys.stderr.isatty() else [EpochSummary()]
     trainer = L.Trainer(
@@ -74,6 +91,7 @@ def make_trainer(
         precision=resolve_precision(cfg),
         callbacks=[
             checkpoint,
+            latest,
             EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
             LearningRateMonitor(logging_interval="epoch"),
             *progress,
@@ -117,12 +135,7 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     built = app.load_pipeline().build(cfg, pretrained=cfg.model.pretrained)
     dm = built.datamodule
     task = make_task(built, cfg, config, class_weights=dm.class_weights(cfg.optim.class_weights))
-    callbacks = []
-    if cfg.model.freeze_epochs > 0:
-        callbacks.append(BackboneFinetuning(
-            unfreeze_backbone_at_epoch=cfg.model.freeze_epochs,
-            backbone_initial_ratio_lr=cfg.model.unfreeze_lr_ratio,
-        ))
+    callbacks = [FreezeBackbone(cfg.model.freeze_epochs)] if cfg.model.freeze_epochs > 0 else []
     trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks)
     earlier_logs = _read_logs(run_dir) if cfg.resume else None
     log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.source.description,
@@ -163,7 +176,11 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
 
 def make_task(built: Built, cfg, config: dict, class_weights: list[float] | None = None) -> ClassificationTask:
     hparams = {"config": config, "inputs": built.inputs, "preprocess": built.preprocess, "weights": built.weights}
-    return ClassificationTask(built.net, built.labels, built.multilabel, cfg.optim, class_weights, hparams)
+    frozen = cfg.model.freeze_epochs > 0
+    return ClassificationTask(
+        built.net, built.labels, built.multilabel, cfg.optim, class_weights, hparams,
+        freeze_epochs=cfg.model.freeze_epochs, backbone_lr_ratio=cfg.model.unfreeze_lr_ratio if frozen else 1.0,
+    )
 
 
 def onnx_metadata(app: AppSpec, built: Built, cfg, config: dict, metrics: dict) -> dict:

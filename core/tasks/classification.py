@@ -70,11 +70,14 @@ class ClassificationTask(L.LightningModule):
         class_weights: per-class loss weights, or None.
         hparams: JSON-able run description saved in checkpoints (config, data spec),
             enough to rebuild the network and data for validate/test/export.
+        freeze_epochs: epochs during which only the head learns.
+        backbone_lr_ratio: backbone learning rate as a share of the head's.
     """
 
     def __init__(
         self, net: nn.Module, labels: list[str], multilabel: bool, optim: OptimConfig,
         class_weights: list[float] | None = None, hparams: dict | None = None,
+        freeze_epochs: int = 0, backbone_lr_ratio: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters({"run": hparams or {}, "labels": labels, "multilabel": multilabel})
@@ -82,6 +85,7 @@ class ClassificationTask(L.LightningModule):
         self.labels = labels
         self.multilabel = multilabel
         self.optim = optim
+        self.freeze_epochs, self.backbone_lr_ratio = freeze_epochs, backbone_lr_ratio
         self.problem = problem_type(len(labels), multilabel)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -90,7 +94,7 @@ class ClassificationTask(L.LightningModule):
 
     @property
     def backbone(self) -> nn.Module:
-        """The pretrained part, frozen and unfrozen by Lightning's BackboneFinetuning."""
+        """The pretrained part (frozen for the first `freeze_epochs`)."""
         return self.net.backbone
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -136,33 +140,51 @@ class ClassificationTask(L.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> dict:
-        decay, no_decay = [], []
+        """AdamW over four groups: (backbone, head) x (decay, no decay for biases and norms).
+
+        The backbone's learning rate is 0 for the first `freeze_epochs` (FreezeBackbone also
+        stops its gradients, to save the compute) and `backbone_lr_ratio` x the head's after.
+        """
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        groups = {(b, d): [] for b in (True, False) for d in (True, False)}
         for p in self.parameters():
-            if p.requires_grad:  # a frozen backbone joins later through BackboneFinetuning
-                (decay if p.ndim > 1 else no_decay).append(p)
+            groups[(id(p) in backbone_ids, p.ndim > 1)].append(p)
+        keys = [k for k, params in groups.items() if params]
         optimizer = torch.optim.AdamW(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.optim.lr, weight_decay=self.optim.weight_decay,
+            [{"params": groups[k], "weight_decay": self.optim.weight_decay if k[1] else 0.0} for k in keys],
+            lr=self.optim.lr,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.optim.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.optim.lr, total_steps=total)
-        elif self.optim.schedule == "cosine":
-            warmup = int(total * self.optim.warmup_fraction)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _WarmupCosine(warmup, total))
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        warmup = int(total * self.optim.warmup_fraction) if self.optim.schedule == "cosine" else 0
+        frozen_steps = total * self.freeze_epochs // max(1, self.trainer.max_epochs)
+        lambdas = [
+            _Schedule(self.optim.schedule, warmup, total, frozen_steps if is_backbone else 0,
+                      self.backbone_lr_ratio if is_backbone else 1.0)
+            for is_backbone, _ in keys
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class _WarmupCosine:
-    """Linear warm-up then cosine decay to zero (a class so checkpoints can pickle it)."""
+class _Schedule:
+    """Learning-rate factor per step: `cosine` (linear warm-up, cosine decay), `onecycle`
+    (30% rise, cosine fall) or `constant`; 0 while frozen, times `scale` after.
 
-    def __init__(self, warmup: int, total: int):
-        self.warmup, self.total = warmup, total
+    A class rather than a lambda so that checkpoints can pickle it.
+    """
+
+    def __init__(self, kind: str, warmup: int, total: int, frozen: int = 0, scale: float = 1.0):
+        if kind not in ("cosine", "onecycle", "constant"):
+            raise ValueError(f"--optim.schedule {kind}: choose cosine, onecycle or constant")
+        self.kind, self.warmup, self.total, self.frozen, self.scale = kind, warmup, total, frozen, scale
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if step < self.frozen:
+            return 0.0
+        if self.kind == "constant":
+            return self.scale
+        warmup = self.warmup if self.kind == "cosine" else int(0.3 * self.total)
+        if step < warmup:
+            return self.scale * (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total - warmup))
+        return self.scale * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -151,3 +151,22 @@ def test_predict_path_never_imports_torch(tiny_run, image_folder):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY [] 0" in result.stderr
     assert result.stdout.count("\n") == 49  # header + 48 images
+
+
+def test_freeze_then_unfreeze_trains_only_the_head_first(tmp_path, image_folder):
+    import torch
+
+    from core.models.backbones import create_timm_model
+
+    args = ["vision", "fit", "--config", str(TINY), "--data.path", str(image_folder), "--data.batch_size", "8",
+            "--model.freeze_epochs", "1", "--optim.schedule", "constant"]
+    assert main(args + ["--run_dir", str(tmp_path / "frozen"), "--trainer.max_epochs", "1"]) == 0
+    torch.manual_seed(42)  # fit seeds 42 before building: the same initial backbone
+    initial, _ = create_timm_model("test_resnet", 0, None)
+    trained = torch.load(tmp_path / "frozen" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for name, value in initial.state_dict().items():
+        if "running" not in name and "num_batches" not in name:  # BN statistics still adapt
+            assert torch.equal(trained[f"net.backbone.{name}"], value), name
+    assert main(args + ["--run_dir", str(tmp_path / "unfrozen"), "--trainer.max_epochs", "2"]) == 0
+    later = torch.load(tmp_path / "unfrozen" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not torch.equal(later["net.backbone.conv1.0.weight"], initial.state_dict()["conv1.0.weight"])
