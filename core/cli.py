@@ -130,10 +130,12 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
     parser = config_parser(app, command, with_ckpt, base_yaml=not saved)
     if saved:
         parser.set_defaults(_flatten(saved))
+    argv = _bare_flags(argv, _bool_options(app.load_config_class()) | {"--fp16"})
     try:
         namespace = parser.parse_args(argv)
     except (ArgumentError, ValueError, TypeError) as exc:
-        raise ConfigError(f"deepapps {app.name} {command}: {_one_line(exc)}") from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ConfigError(f"deepapps {app.name} {command}: {detail}") from None
     skip = {"config", "ckpt", "out", "fp16", "__default_config__"}
     values = {k: v for k, v in namespace.as_dict().items() if k not in skip}
     cfg = from_dict(app.load_config_class(), values)
@@ -241,6 +243,31 @@ def _option(argv: list[str], name: str) -> str | None:
         if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def _bool_options(cls: type, prefix: str = "--") -> set[str]:
+    """`--resume`, `--data.augment`, ...: every bool field of a config dataclass, as an option."""
+    from dataclasses import fields, is_dataclass
+    from typing import get_type_hints
+
+    options = set()
+    for name, kind in get_type_hints(cls).items():
+        if is_dataclass(kind):
+            options |= _bool_options(kind, f"{prefix}{name}.")
+        elif kind is bool and name in {f.name for f in fields(cls)}:
+            options.add(prefix + name)
+    return options
+
+
+def _bare_flags(argv: list[str], flags: set[str]) -> list[str]:
+    """Let a bool option stand alone (`--resume` means `--resume true`)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else "--"
+        if arg in flags and following.startswith("--"):
+            out.append("true")
+    return out
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

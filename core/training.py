@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from datetime import datetime
@@ -33,6 +34,7 @@ from core.runtime.session import load_model
 from core.tasks.classification import ClassificationTask, problem_type
 
 log = logging.getLogger("deepapps")
+RUN_DIR_ENV = "DEEPAPPS_RUN_DIR"
 
 
 class EpochSummary(Callback):
@@ -122,11 +124,12 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
         config: the same config as a plain dict (saved in checkpoints and metadata).
         config_yaml: the same config as YAML (saved as config.yaml).
     """
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(app.name)
+    # DDP children re-run this command: they take the parent's folder, not a new timestamp
+    run_dir = Path(cfg.run_dir or os.environ.get(RUN_DIR_ENV) or default_run_dir(app.name))
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.resume and not last.is_file():
         raise ConfigError(f"--resume: {last} does not exist; give the --run_dir of the run to continue")
-    if not cfg.resume and last.is_file():
+    if not cfg.resume and last.is_file() and RUN_DIR_ENV not in os.environ:
         raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config_yaml)
@@ -140,7 +143,13 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     earlier_logs = _read_logs(run_dir) if cfg.resume else None
     log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.source.description,
              built.weights, resolve_precision(cfg.trainer))
-    trainer.fit(task, datamodule=dm, ckpt_path=str(last) if cfg.resume else None)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if cfg.resume else None)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # what follows runs on rank 0 alone
     if not trainer.is_global_zero:
         return run_dir
     if earlier_logs is not None:

@@ -49,6 +49,9 @@ def create_timm_model(
     if source is None:
         return model, "none (random initialisation)"
     load_weights_file(model, Path(source))
+    local = local_weights_path(name)
+    if local is not None and Path(source) == local:
+        return model, f"ImageNet weights from the pip package {LOCAL_WEIGHTS[name][0]} ({local.name})"
     return model, f"file {source}"
 
 

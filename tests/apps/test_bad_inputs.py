@@ -114,3 +114,11 @@ def test_unknown_app_and_command():
     unknown_app = subprocess.run([sys.executable, "-m", "core.cli", "nope", "fit"], capture_output=True, text=True)
     assert_one_line_error(unknown_app, "unknown app 'nope'", "vision")
     assert_one_line_error(run_cli("train"), "unknown command 'train'")
+
+
+def test_bad_values_and_config_files(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  backbon: resnet18\n")
+    assert_one_line_error(run_cli("fit", "--config", str(bad_yaml)), "backbon")
+    assert_one_line_error(run_cli("fit", "--config", str(tmp_path / "none.yaml")), "none.yaml")
+    assert_one_line_error(run_cli("fit", "--trainer.max_epochs", "abc"), "trainer.max_epochs", "abc")

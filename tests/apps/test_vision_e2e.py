@@ -116,7 +116,7 @@ def test_checkpoint_commands(tiny_run, image_folder, tmp_path, capsys):
     assert main(["vision", "validate", "--ckpt", ckpt]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(saved["val"]["accuracy"])
     out = tmp_path / "exported.onnx"
-    assert main(["vision", "export", "--ckpt", ckpt, "--out", str(out), "--fp16", "true"]) == 0
+    assert main(["vision", "export", "--ckpt", ckpt, "--out", str(out), "--fp16"]) == 0
     meta = read_metadata(out)
     assert meta["labels"] == ["blue", "green", "red"] and meta["export"]["parity_max_abs_diff"] <= 1e-4
     assert out.with_suffix(".fp16.onnx").is_file()
@@ -133,7 +133,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, image_folder):
 
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert (first["epoch"], first["global_step"]) == (0, 3)
-    assert main(args + ["--trainer.max_epochs", "2", "--resume", "true"]) == 0
+    assert main(args + ["--trainer.max_epochs", "2", "--resume"]) == 0
     second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert second["global_step"] == 6  # continued from step 3, not restarted
     epochs = pl.read_csv(run_dir / "csv" / "metrics.csv")["epoch"].drop_nulls().unique().to_list()
@@ -170,3 +170,16 @@ def test_freeze_then_unfreeze_trains_only_the_head_first(tmp_path, image_folder)
     assert main(args + ["--run_dir", str(tmp_path / "unfrozen"), "--trainer.max_epochs", "2"]) == 0
     later = torch.load(tmp_path / "unfrozen" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert not torch.equal(later["net.backbone.conv1.0.weight"], initial.state_dict()["conv1.0.weight"])
+
+
+def test_ddp_on_two_cpu_processes_needs_no_code_change(tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "apps.vision", "fit", "--config", str(TINY), "--run_dir", str(run_dir),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.max_epochs", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 269 and (run_dir / "model.onnx").is_file()
