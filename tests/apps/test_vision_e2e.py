@@ -122,22 +122,38 @@ def test_checkpoint_commands(tiny_run, image_folder, tmp_path, capsys):
     assert out.with_suffix(".fp16.onnx").is_file()
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, image_folder):
-    run_dir = tmp_path / "run"
-    args = ["vision", "fit", "--config", str(TINY), "--data.path", str(image_folder),
-            "--run_dir", str(run_dir), "--data.batch_size", "8", "--trainer.limit_train_batches", "3"]
-    assert main(args + ["--trainer.max_epochs", "1"]) == 0
-    # a second fit into the same folder without --resume is refused, with one line
-    assert main(args + ["--trainer.max_epochs", "2"]) == 2
+def test_resume_after_a_killed_fit(tmp_path, image_folder):
+    import signal
+    import time
+
     import torch
 
-    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (first["epoch"], first["global_step"]) == (0, 3)
-    assert main(args + ["--trainer.max_epochs", "2", "--resume"]) == 0
-    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert second["global_step"] == 6  # continued from step 3, not restarted
-    epochs = pl.read_csv(run_dir / "csv" / "metrics.csv")["epoch"].drop_nulls().unique().to_list()
-    assert sorted(epochs) == [0, 1]
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    args = ["fit", "--config", str(TINY), "--data.path", str(image_folder), "--run_dir", str(run_dir),
+            "--data.batch_size", "8", "--trainer.limit_train_batches", "3", "--trainer.patience", "100"]
+    victim = subprocess.Popen([sys.executable, "-m", "apps.vision", *args, "--trainer.max_epochs", "500"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not last.is_file() and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)  # no clean shutdown at all
+    victim.wait()
+    assert last.is_file() and not (run_dir / "model.onnx").exists()
+    killed = torch.load(last, weights_only=False)
+    logged = run_dir / "csv" / "metrics.csv"
+    epochs_before = set(pl.read_csv(logged)["epoch"].drop_nulls().to_list()) if logged.is_file() else set()
+    # the same folder without --resume is refused, with one line
+    assert main(["vision", *args, "--trainer.max_epochs", "2"]) == 2
+    target = killed["epoch"] + 2
+    assert main(["vision", *args, "--trainer.max_epochs", str(target), "--resume"]) == 0
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["global_step"] == target * 3  # continued from the killed run's step, 3 per epoch
+    assert resumed["global_step"] > killed["global_step"]
+    epochs = pl.read_csv(run_dir / "csv" / "metrics.csv")["epoch"].drop_nulls().unique().sort().to_list()
+    assert set(range(killed["epoch"] + 1, target)) <= set(epochs) and epochs[-1] == target - 1
+    assert epochs_before <= set(epochs)  # what the killed run had logged is kept
+    assert (run_dir / "model.onnx").is_file()
 
 
 def test_predict_path_never_imports_torch(tiny_run, image_folder):
