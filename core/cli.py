@@ -78,16 +78,20 @@ def _dispatch(argv: list[str]) -> int:
 
 def run_app(app: AppSpec, argv: list[str]) -> int:
     """Run `command` of `app` (also the body of `python -m apps.<app>`)."""
+    extra = {c.name: c for c in app.commands}
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: deepapps {app.name} <command> [options]\n\n{app.help}\n\ncommands:")
-        for name, text in COMMANDS.items():
+        for name, text in (COMMANDS | {n: c.help for n, c in extra.items()}).items():
             print(f"  {name:<10} {text}")
         print(f"\n`deepapps {app.name} <command> --help` lists the options of a command.")
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        raise ConfigError(f"unknown command {command!r} for {app.name}; choose from {', '.join(COMMANDS)}")
+    if command not in COMMANDS and command not in extra:
+        choices = ", ".join([*COMMANDS, *extra])
+        raise ConfigError(f"unknown command {command!r} for {app.name}; choose from {choices}")
     _setup_logging()
+    if command in extra:
+        return extra[command].load()(app, rest)
     return {
         "fit": _fit, "validate": _stage, "test": _stage, "export": _export,
         "evaluate": _evaluate, "predict": _predict,

@@ -36,6 +36,7 @@ def export_onnx(
     net: nn.Module, example_inputs: tuple[torch.Tensor, ...], out: str | Path,
     input_names: list[str], metadata: dict, multilabel: bool = False,
     dynamic_axes: dict[str, dict[int, str]] | None = None, tolerance: float = PARITY_TOLERANCE,
+    temperature: float = 1.0,
 ) -> dict:
     """Export `net` with a probabilities output, check it, and write it atomically to `out`.
 
@@ -48,6 +49,7 @@ def export_onnx(
         multilabel: sigmoid instead of softmax.
         dynamic_axes: per input, the dynamic axes; default makes axis 0 `batch`.
         tolerance: largest allowed |p_onnx - p_torch|.
+        temperature: logits are divided by it inside the graph (temperature scaling).
 
     Returns:
         The metadata written, with `export.parity_max_abs_diff` filled in.
@@ -55,7 +57,7 @@ def export_onnx(
     Raises:
         ExportParityError: ONNX Runtime's probabilities differ from torch's by more than tolerance.
     """
-    model = WithProbabilities(net, multilabel).eval().cpu().float()
+    model = WithProbabilities(net, multilabel, temperature).eval().cpu().float()
     example_inputs = tuple(x.cpu() for x in example_inputs)
     axes = dynamic_axes or {name: {0: "batch"} for name in input_names}
     axes[OUTPUT_NAME] = {0: "batch"}

@@ -16,6 +16,25 @@ from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class AppCommand:
+    """A command an app adds to the shared ones (e.g. `explain`).
+
+    Attributes:
+        name: CLI name.
+        help: one line for `deepapps <app> --help`.
+        target: `module:function`, called as function(app, argv) -> exit code.
+    """
+
+    name: str
+    help: str
+    target: str
+
+    def load(self):
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
 class AppSpec:
     """What the core needs to know about an app.
 
@@ -28,6 +47,7 @@ class AppSpec:
         pipeline: module with the torch side: `build_datamodule(cfg)`, `build_network(cfg, dm)`.
         runtime: torch-free module: `add_predict_arguments(p)`, `predict(model, args)`,
             `evaluate(model, data_path, split)`.
+        commands: extra commands of this app.
     """
 
     name: str
@@ -37,6 +57,7 @@ class AppSpec:
     configs_dir: Path
     pipeline: str
     runtime: str
+    commands: tuple[AppCommand, ...] = ()
 
     @property
     def default_config(self) -> Path:

@@ -141,7 +141,7 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     callbacks = [FreezeBackbone(cfg.model.freeze_epochs)] if cfg.model.freeze_epochs > 0 else []
     trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks)
     earlier_logs = _read_logs(run_dir) if cfg.resume else None
-    log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.source.description,
+    log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.summary()["source"],
              built.weights, resolve_precision(cfg.trainer))
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
@@ -163,11 +163,13 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
         "val": _strip(evaluator.validate(task, datamodule=dm, verbose=False)[0], "val/"),
         "test_torch": _strip(evaluator.test(task, datamodule=dm, verbose=False)[0], "test/"),
     }
+    pipeline = app.load_pipeline()
+    extra = pipeline.post_fit(task, built, cfg) if hasattr(pipeline, "post_fit") else {}
     onnx_path = run_dir / "model.onnx"
-    metadata = onnx_metadata(app, built, cfg, config, metrics={"val": metrics["val"]})
+    metadata = onnx_metadata(app, built, cfg, config, metrics={"val": metrics["val"]}) | extra
     export_info = export_onnx(
         task.net, built.example_inputs(8), onnx_path, [i["name"] for i in built.inputs], metadata,
-        multilabel=built.multilabel,
+        multilabel=built.multilabel, temperature=extra.get("temperature", 1.0),
     )["export"]
     evaluation = app.load_runtime().evaluate(load_model(onnx_path, provider="cpu", app=app.name), cfg.data.path, "test")
     metrics["test"] = evaluation.metrics
@@ -194,7 +196,7 @@ def make_task(built: Built, cfg, config: dict, class_weights: list[float] | None
 
 def onnx_metadata(app: AppSpec, built: Built, cfg, config: dict, metrics: dict) -> dict:
     """The deepapps JSON that travels in model.onnx (see DESIGN.md: the ONNX contract)."""
-    data = built.datamodule.source.summary() if built.datamodule is not None else {}
+    data = built.datamodule.summary() if built.datamodule is not None else {}
     return {
         "app": app.name,
         "family": app.task,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as L
@@ -51,6 +52,26 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def labels(self) -> list[str]:
         return self.source.labels
+
+    @property
+    def multilabel(self) -> bool:
+        return self.source.multilabel
+
+    def summary(self) -> dict:
+        """Source, labels, split sizes, class balance and notes (model card, metadata)."""
+        return self.source.summary()
+
+    def write_samples(self, folder: Path, n: int = 12) -> int:
+        """A few test images as PNG, when the data lives in arrays (builtin, .npz), to try predict on."""
+        source = self.source
+        if Path(source.refs[0]).is_file():
+            return 0
+        folder.mkdir(parents=True, exist_ok=True)
+        indices = source.splits["test"][:n]
+        for i in indices:
+            label = "multi" if source.multilabel else source.labels[source.targets[i]]
+            source.load(int(i)).save(folder / f"{int(i):05d}_label-{label}.png")
+        return len(indices)
 
     def eval_transform(self, img: Image.Image) -> np.ndarray:
         return to_model_input(img, self.spec)

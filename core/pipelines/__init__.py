@@ -1,4 +1,13 @@
-"""Per-family builders (torch side). Each returns a `Built`: the network, its data and specs."""
+"""Per-family builders (torch side). Each returns a `Built`: the network, its data and specs.
+
+A pipeline module has `build(cfg, pretrained, labels=None, multilabel=False, with_data=True)`
+and may have `post_fit(task, built, cfg) -> dict`, run on the best checkpoint before export:
+what it returns is merged into the ONNX metadata, and a `temperature` key scales the logits
+inside the exported graph (calibration).
+
+The datamodule must offer `labels`, `multilabel`, `summary()`, `class_weights(mode)`,
+`example_batch(n)` and, optionally, `write_samples(folder) -> int`.
+"""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def build(
     )
     datamodule = ImageDataModule(cfg.data, spec) if with_data else None
     if datamodule is not None and labels is None:
-        labels, multilabel = datamodule.labels, datamodule.source.multilabel
+        labels, multilabel = datamodule.labels, datamodule.multilabel
     net = ImageClassifier(
         backbone, len(labels), mean=timm_cfg["mean"], std=timm_cfg["std"],
         in_channels=channels, drop_rate=cfg.model.drop_rate,

@@ -9,8 +9,6 @@ from core.registry import AppSpec
 from core.report.model_card import write_model_card
 from core.report.plots import confusion_matrix_plot, roc_plot, training_curves
 
-SAMPLES = 12
-
 
 def write_run_report(
     run_dir: Path, app: AppSpec, built: Built, cfg, config_yaml: str, metrics: dict, evaluation,
@@ -26,11 +24,12 @@ def write_run_report(
         plots.append(confusion_matrix_plot(
             evaluation.metrics["confusion_matrix"], evaluation.labels, plots_dir / "confusion_matrix.png"
         ))
-    samples = _write_samples(run_dir / "samples", built.datamodule)
+    dm = built.datamodule
+    samples = dm.write_samples(run_dir / "samples") if hasattr(dm, "write_samples") else 0
     info = {
         "app": app.name,
         "title": f"deepapps {app.name}: {cfg.model.backbone} on {cfg.data.path}",
-        "data": built.datamodule.source.summary(),
+        "data": dm.summary(),
         "model": {
             "backbone": cfg.model.backbone,
             "weights": built.weights,
@@ -51,16 +50,3 @@ def write_run_report(
 
 def _headline(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
-
-
-def _write_samples(folder: Path, datamodule) -> int:
-    """A few test images as PNG when the data lives in arrays (builtin, .npz), else none."""
-    source = datamodule.source
-    if Path(source.refs[0]).is_file():
-        return 0
-    folder.mkdir(exist_ok=True)
-    indices = source.splits["test"][:SAMPLES]
-    for i in indices:
-        label = source.labels[source.targets[i]] if not source.multilabel else "multi"
-        source.load(int(i)).save(folder / f"{int(i):05d}_label-{label}.png")
-    return len(indices)
