@@ -23,7 +23,8 @@ from PIL import Image
 
 from core.export import export_onnx
 from core.models.backbones import create_timm_model, data_config
-from core.models.image_classifier import ImageClassifier, WithProbabilities
+from core.models.heads import WithProbabilities
+from core.models.image_classifier import ImageClassifier
 from core.runtime.session import load_model
 
 
@@ -71,7 +72,7 @@ def main() -> None:
                 "inputs": [{"name": "pixels"}],
                 "preprocess": {"size": args.size, "crop_pct": cfg["crop_pct"],
                                "interpolation": cfg["interpolation"], "channels": 3}}
-        export_onnx(net, (example,), path, ["pixels"], meta)
+        export_onnx(eager, (example,), path, ["pixels"], meta)
         session = load_model(path, provider="cpu")
 
         print(f"{args.backbone} @ {args.size}px, {os.cpu_count()} CPU threads, torch {torch.__version__}, "

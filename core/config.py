@@ -98,6 +98,8 @@ class TrainerConfig:
     """Early stopping: epochs without improvement of the monitored metric."""
     monitor: str = "val/macro_f1"
     """Metric used for the best checkpoint and early stopping."""
+    monitor_mode: str = "max"
+    """`max` or `min`: whether a larger monitored metric is better."""
     limit_train_batches: float | int = 1.0
     """Share (float) or number (int) of training batches per epoch."""
     limit_val_batches: float | int = 1.0

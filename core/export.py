@@ -21,7 +21,6 @@ from torch import nn
 
 import core
 from core.errors import ExportParityError
-from core.models.image_classifier import WithProbabilities
 from core.runtime.io import atomic_write
 from core.runtime.session import METADATA_KEY
 
@@ -33,40 +32,39 @@ PARITY_TOLERANCE = 1e-4
 
 
 def export_onnx(
-    net: nn.Module, example_inputs: tuple[torch.Tensor, ...], out: str | Path,
-    input_names: list[str], metadata: dict, multilabel: bool = False,
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], out: str | Path,
+    input_names: list[str], metadata: dict, output_names: list[str] | None = None,
     dynamic_axes: dict[str, dict[int, str]] | None = None, tolerance: float = PARITY_TOLERANCE,
-    temperature: float = 1.0,
 ) -> dict:
-    """Export `net` with a probabilities output, check it, and write it atomically to `out`.
+    """Export `model` as it will be served, check it, and write it atomically to `out`.
 
     Args:
-        net: inputs -> logits module.
+        model: inputs -> served outputs (e.g. `Built.export_module()`: logits + softmax).
         example_inputs: a real batch; also used for the parity check.
         out: destination .onnx path.
         input_names: graph input names, one per example input.
         metadata: the deepapps JSON stored in metadata_props (see DESIGN: the ONNX contract).
-        multilabel: sigmoid instead of softmax.
-        dynamic_axes: per input, the dynamic axes; default makes axis 0 `batch`.
-        tolerance: largest allowed |p_onnx - p_torch|.
-        temperature: logits are divided by it inside the graph (temperature scaling).
+        output_names: graph output names; default `probabilities`.
+        dynamic_axes: per input and output, the dynamic axes; default makes axis 0 `batch`.
+        tolerance: largest allowed |onnx - torch| over every output.
 
     Returns:
         The metadata written, with `export.parity_max_abs_diff` filled in.
 
     Raises:
-        ExportParityError: ONNX Runtime's probabilities differ from torch's by more than tolerance.
+        ExportParityError: ONNX Runtime's outputs differ from torch's by more than tolerance.
     """
-    model = WithProbabilities(net, multilabel, temperature).eval().cpu().float()
+    model = model.eval().cpu().float()
+    output_names = output_names or [OUTPUT_NAME]
     example_inputs = tuple(x.cpu() for x in example_inputs)
-    axes = dynamic_axes or {name: {0: "batch"} for name in input_names}
-    axes[OUTPUT_NAME] = {0: "batch"}
+    axes = dynamic_axes or {name: {0: "batch"} for name in [*input_names, *output_names]}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        expected = model(*example_inputs).numpy()
+        expected = model(*example_inputs)
+        expected = [t.numpy() for t in (expected if isinstance(expected, (tuple, list)) else [expected])]
         buffer = BytesIO()
         torch.onnx.export(
-            model, example_inputs, buffer, input_names=input_names, output_names=[OUTPUT_NAME],
+            model, example_inputs, buffer, input_names=input_names, output_names=output_names,
             dynamic_axes=axes, opset_version=OPSET, dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
@@ -88,11 +86,11 @@ def export_onnx(
     return metadata
 
 
-def parity(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], names: list[str], expected: np.ndarray) -> float:
-    """Max abs difference between ONNX Runtime (CPU) and `expected` on `inputs`."""
+def parity(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], names: list[str], expected: list[np.ndarray]) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and `expected` over all outputs."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})[0]
-    return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+    got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+    return max(float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))) for g, e in zip(got, expected))
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict) -> None:

@@ -7,6 +7,7 @@ apps without importing them, and loading a spec imports nothing heavy (no torch)
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -78,7 +79,11 @@ def discover_apps() -> dict[str, AppSpec]:
     """Every registered app, by name, from the `deepapps.apps` entry points."""
     apps = {}
     for ep in entry_points(group="deepapps.apps"):
-        spec = ep.load()
+        try:
+            spec = ep.load()
+        except ImportError as exc:  # one broken app must not take the others down
+            print(f"deepapps: warning: app {ep.name!r} failed to load ({exc})", file=sys.stderr)
+            continue
         apps[spec.name] = spec
     return dict(sorted(apps.items()))
 

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import (
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from core.config import TrainerConfig
-from core.errors import ConfigError
+from core.errors import ConfigError, DeepappsError
 from core.export import convert_fp16, export_onnx, read_metadata, set_metadata
 from core.pipelines import Built
 from core.registry import AppSpec
@@ -71,9 +71,10 @@ def resolve_precision(cfg: TrainerConfig) -> str:
 
 
 def make_trainer(
-    cfg: TrainerConfig, run_dir: Path, callbacks: list[Callback] | None = None, mode: str = "max",
+    cfg: TrainerConfig, run_dir: Path, callbacks: list[Callback] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with best/last checkpoints, early stopping, LR monitor, CSV + TensorBoard logs."""
+    mode = cfg.monitor_mode
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=mode,
         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
@@ -137,9 +138,9 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
 
     built = app.load_pipeline().build(cfg, pretrained=cfg.model.pretrained)
     dm = built.datamodule
-    task = make_task(built, cfg, config, class_weights=dm.class_weights(cfg.optim.class_weights))
-    callbacks = [FreezeBackbone(cfg.model.freeze_epochs)] if cfg.model.freeze_epochs > 0 else []
-    trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks)
+    task = make_task(built, cfg, config, class_weights=dm.class_weights(getattr(cfg.optim, "class_weights", None)))
+    freeze = getattr(cfg.model, "freeze_epochs", 0)
+    trainer, checkpoint = make_trainer(cfg.trainer, run_dir, [FreezeBackbone(freeze)] if freeze > 0 else [])
     earlier_logs = _read_logs(run_dir) if cfg.resume else None
     log.info("run folder %s; data %s; weights %s; precision %s", run_dir, dm.summary()["source"],
              built.weights, resolve_precision(cfg.trainer))
@@ -168,24 +169,32 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     onnx_path = run_dir / "model.onnx"
     metadata = onnx_metadata(app, built, cfg, config, metrics={"val": metrics["val"]}) | extra
     export_info = export_onnx(
-        task.net, built.example_inputs(8), onnx_path, [i["name"] for i in built.inputs], metadata,
-        multilabel=built.multilabel, temperature=extra.get("temperature", 1.0),
+        built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), onnx_path,
+        [i["name"] for i in built.inputs], metadata, output_names=built.output_names,
     )["export"]
     evaluation = app.load_runtime().evaluate(load_model(onnx_path, provider="cpu", app=app.name), cfg.data.path, "test")
     metrics["test"] = evaluation.metrics
     metrics["export"] = export_info
+    if extra:
+        metrics["post_fit"] = extra  # so `export --ckpt` can bake the same calibration in
     _store_metrics_in_model(onnx_path, metrics)
     if cfg.export_fp16:
         convert_fp16(onnx_path, run_dir / "model.fp16.onnx")
     write_json(run_dir / "metrics.json", metrics)
-    from core.report.run_report import write_run_report  # matplotlib only when reporting
+    if hasattr(pipeline, "write_report"):
+        pipeline.write_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)
+    else:
+        from core.report.run_report import write_run_report  # matplotlib only when reporting
 
-    write_run_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)
-    log.info("test (ONNX Runtime): %s", {k: metrics["test"].get(k) for k in ("accuracy", "macro_f1", "auroc")})
+        write_run_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)
+    log.info("test (ONNX Runtime): %s", _scalars(metrics["test"]))
     return run_dir
 
 
-def make_task(built: Built, cfg, config: dict, class_weights: list[float] | None = None) -> ClassificationTask:
+def make_task(built: Built, cfg, config: dict, class_weights: list[float] | None = None) -> L.LightningModule:
+    """The pipeline's own LightningModule, or a ClassificationTask."""
+    if built.task_factory is not None:
+        return built.task_factory(built, cfg, config, class_weights)
     hparams = {"config": config, "inputs": built.inputs, "preprocess": built.preprocess, "weights": built.weights}
     frozen = cfg.model.freeze_epochs > 0
     return ClassificationTask(
@@ -203,14 +212,14 @@ def onnx_metadata(app: AppSpec, built: Built, cfg, config: dict, metrics: dict) 
         "task": problem_type(len(built.labels), built.multilabel),
         "labels": built.labels,
         "inputs": built.inputs,
-        "outputs": [{"name": "probabilities", "dtype": "float32", "shape": ["batch", len(built.labels)]}],
+        "outputs": [{"name": name, "dtype": "float32"} for name in built.output_names],
         "preprocess": built.preprocess,
         "threshold": 0.5 if built.multilabel else None,
         "metrics": metrics,
         "train": {
             "data": {k: data[k] for k in ("source", "sizes", "notes") if k in data},
             "data_config": asdict(cfg.data),
-            "backbone": cfg.model.backbone,
+            "backbone": getattr(cfg.model, "backbone", None),
             "pretrained": built.weights,
             "config_sha256": hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest(),
         },
@@ -259,15 +268,17 @@ def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:
 def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp16: bool) -> Path:
     """Export a checkpoint; the parity batch is real data when the data path exists."""
     try:
-        task, built = load_checkpoint(app, ckpt, cfg, with_data=True)
-    except Exception as exc:  # data gone: export still works, on dummy inputs
+        _, built = load_checkpoint(app, ckpt, cfg, with_data=True)
+    except DeepappsError as exc:  # data gone: export still works, on dummy inputs
         log.warning("data not available (%s); parity check on random inputs", str(exc).splitlines()[0])
-        task, built = load_checkpoint(app, ckpt, cfg, with_data=False)
+        _, built = load_checkpoint(app, ckpt, cfg, with_data=False)
     run_metrics = ckpt.parent.parent / "metrics.json"
     metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
-    metadata = onnx_metadata(app, built, cfg, config, metrics={k: metrics[k] for k in ("val", "test") if k in metrics})
-    export_onnx(task.net, built.example_inputs(8), out, [i["name"] for i in built.inputs], metadata,
-                multilabel=built.multilabel)
+    extra = metrics.get("post_fit", {})
+    scores = {k: _scalars(metrics[k]) for k in ("val", "test") if k in metrics}
+    metadata = onnx_metadata(app, built, cfg, config, metrics=scores) | extra
+    export_onnx(built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), out,
+                [i["name"] for i in built.inputs], metadata, output_names=built.output_names)
     if fp16:
         convert_fp16(out, out.with_suffix(".fp16.onnx"))
     return out
@@ -276,11 +287,7 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
 def _store_metrics_in_model(onnx_path: Path, metrics: dict) -> None:
     proto = onnx.load(str(onnx_path))
     meta = read_metadata(onnx_path)
-    headline = ("accuracy", "macro_f1", "auroc", "auprc", "n")
-    meta["metrics"] = {
-        "val": metrics["val"],
-        "test": {k: metrics["test"][k] for k in headline if k in metrics["test"]},
-    }
+    meta["metrics"] = {"val": metrics["val"], "test": _scalars(metrics["test"])}
     set_metadata(proto, meta)
     atomic_write(onnx_path, lambda tmp: onnx.save(proto, str(tmp)))
 
@@ -299,6 +306,10 @@ def _merge_logs(run_dir: Path, earlier: pl.DataFrame | None) -> None:
     kept = earlier.filter(pl.col("epoch") < first_new)
     merged = pl.concat([kept, now], how="diagonal_relaxed")
     atomic_write(run_dir / "csv" / "metrics.csv", lambda tmp: merged.write_csv(tmp))
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
 
 
 def _strip(metrics: dict, prefix: str) -> dict:

@@ -35,17 +35,3 @@ class ImageClassifier(nn.Module):
         x = (x - self.mean) / self.std
         features = self.backbone(x)  # (B, F)
         return self.head(features)  # (B, K) logits
-
-
-class WithProbabilities(nn.Module):
-    """Ends a logits network with softmax (single-label) or sigmoid (multi-label) for export."""
-
-    def __init__(self, net: nn.Module, multilabel: bool, temperature: float = 1.0):
-        super().__init__()
-        self.net = net
-        self.multilabel = multilabel
-        self.temperature = temperature
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        logits = self.net(*inputs) / self.temperature
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)

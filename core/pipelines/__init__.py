@@ -12,7 +12,7 @@ The datamodule must offer `labels`, `multilabel`, `summary()`, `class_weights(mo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -29,6 +29,10 @@ class Built:
         preprocess: what predict does outside the graph, plus what the graph does inside.
         weights: where the pretrained weights came from (one line).
         dummy_inputs: n -> example input tensors, used when no real data is at hand.
+        output_names: graph outputs, described in the metadata.
+        task_factory: (built, cfg, config, class_weights) -> LightningModule; None makes a
+            ClassificationTask.
+        export_wrapper: (net, temperature) -> the module exported; None adds softmax/sigmoid.
     """
 
     net: Any
@@ -39,6 +43,17 @@ class Built:
     preprocess: dict
     weights: str
     dummy_inputs: Callable[[int], tuple]
+    output_names: list[str] = field(default_factory=lambda: ["probabilities"])
+    task_factory: Callable | None = None
+    export_wrapper: Callable | None = None
+
+    def export_module(self, temperature: float = 1.0) -> Any:
+        """The network as served: by default logits / temperature -> softmax or sigmoid."""
+        if self.export_wrapper is not None:
+            return self.export_wrapper(self.net, temperature)
+        from core.models.heads import WithProbabilities
+
+        return WithProbabilities(self.net, self.multilabel, temperature)
 
     def example_inputs(self, n: int = 8) -> tuple:
         """A real validation batch when data is loaded, else dummy inputs."""

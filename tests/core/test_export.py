@@ -7,6 +7,7 @@ import torch
 from core.errors import ExportParityError
 from core.export import convert_fp16, export_onnx, read_metadata
 from core.models.backbones import create_timm_model
+from core.models.heads import WithProbabilities
 from core.models.image_classifier import ImageClassifier
 
 
@@ -26,7 +27,7 @@ def run(path, x: np.ndarray) -> np.ndarray:
 
 
 def test_export_checks_writes_metadata_and_takes_any_batch(net, tmp_path):
-    meta = export_onnx(net, (pixels(4),), tmp_path / "m.onnx", ["pixels"], {"app": "vision", "labels": ["a", "b", "c"]})
+    meta = export_onnx(WithProbabilities(net, False), (pixels(4),), tmp_path / "m.onnx", ["pixels"], {"app": "vision", "labels": ["a", "b", "c"]})
     assert read_metadata(tmp_path / "m.onnx") == meta
     assert meta["export"]["parity_max_abs_diff"] <= 1e-4 and meta["export"]["opset"] >= 17
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
@@ -37,7 +38,8 @@ def test_export_checks_writes_metadata_and_takes_any_batch(net, tmp_path):
 
 
 def test_temperature_is_inside_the_graph(net, tmp_path):
-    export_onnx(net, (pixels(2),), tmp_path / "t.onnx", ["pixels"], {"app": "vision"}, temperature=2.0)
+    export_onnx(WithProbabilities(net, False, temperature=2.0), (pixels(2),), tmp_path / "t.onnx", ["pixels"],
+                {"app": "vision"})
     with torch.no_grad():
         expected = torch.softmax(net(pixels(2)) / 2.0, -1).numpy()
     assert np.abs(run(tmp_path / "t.onnx", pixels(2).numpy()) - expected).max() < 1e-5
@@ -45,12 +47,13 @@ def test_temperature_is_inside_the_graph(net, tmp_path):
 
 def test_parity_failure_is_loud_and_writes_nothing(net, tmp_path):
     with pytest.raises(ExportParityError, match="differs from torch"):
-        export_onnx(net, (pixels(2),), tmp_path / "bad.onnx", ["pixels"], {"app": "vision"}, tolerance=-1.0)
+        export_onnx(WithProbabilities(net, False), (pixels(2),), tmp_path / "bad.onnx", ["pixels"], {"app": "vision"},
+                    tolerance=-1.0)
     assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_fp16_copy_keeps_io_and_metadata(net, tmp_path):
-    export_onnx(net, (pixels(2),), tmp_path / "m.onnx", ["pixels"], {"app": "vision"})
+    export_onnx(WithProbabilities(net, False), (pixels(2),), tmp_path / "m.onnx", ["pixels"], {"app": "vision"})
     convert_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx")
     half = onnx.load(str(tmp_path / "m16.onnx"))
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
