@@ -19,6 +19,9 @@ class ImageDataConfig:
     manifest (path,label), a MedMNIST-style .npz, or `builtin:digits` (scikit-learn's digits)."""
     image_size: int | None = None
     """Square input size in pixels; None takes the backbone's pretrained size."""
+    crop_pct: float | None = None
+    """Centre-crop share at evaluation (resize the shorter side to size / crop_pct, crop size);
+    None takes the backbone's, 1.0 keeps the whole image."""
     val_fraction: float = 0.15
     """Share of the training data held out for validation when the data has no val split."""
     test_fraction: float = 0.15

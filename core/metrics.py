@@ -151,3 +151,38 @@ def _mean_defined(values: list[float | None]) -> float | None:
 
 def _float(value: float | np.floating) -> float:
     return float(value)
+
+
+def calibration_metrics(problem: str, targets: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    """Expected calibration error, Brier score and the reliability-diagram bins.
+
+    Single-label problems use the top-label confidence (Guo et al. 2017: equal-width bins over
+    max probability, |accuracy - confidence| weighted by bin size); multilabel problems pool
+    every (item, label) probability against its 0/1 target.
+
+    Returns:
+        `ece`, `brier` and `bins`: a list of {lower, upper, count, confidence, accuracy}.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets).astype(int)
+    if problem == "multilabel":
+        confidence, correct = probs.reshape(-1), targets.reshape(-1).astype(float)
+        brier = float(np.mean((probs - targets) ** 2)) if probs.size else None
+    else:
+        targets = targets.reshape(-1)
+        confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == targets).astype(float)
+        onehot = np.eye(probs.shape[1])[targets] if len(targets) else probs
+        brier = float(np.mean(np.sum((probs - onehot) ** 2, axis=1))) if len(targets) else None
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        n = int(members.sum())
+        conf = float(confidence[members].mean()) if n else None
+        acc = float(correct[members].mean()) if n else None
+        if n:
+            ece += n / len(confidence) * abs(acc - conf)
+        table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
+                      "confidence": conf, "accuracy": acc})
+    return {"ece": float(ece) if len(confidence) else None, "brier": brier, "bins": table}

@@ -81,7 +81,7 @@ def discover_apps() -> dict[str, AppSpec]:
     for ep in entry_points(group="deepapps.apps"):
         try:
             spec = ep.load()
-        except ImportError as exc:  # one broken app must not take the others down
+        except (ImportError, AttributeError) as exc:  # one broken app must not take the others down
             print(f"deepapps: warning: app {ep.name!r} failed to load ({exc})", file=sys.stderr)
             continue
         apps[spec.name] = spec

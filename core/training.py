@@ -171,6 +171,7 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     export_info = export_onnx(
         built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), onnx_path,
         [i["name"] for i in built.inputs], metadata, output_names=built.output_names,
+        dynamic_axes=built.dynamic_axes, tolerance=built.parity_tolerance,
     )["export"]
     evaluation = app.load_runtime().evaluate(load_model(onnx_path, provider="cpu", app=app.name), cfg.data.path, "test")
     metrics["test"] = evaluation.metrics
@@ -278,7 +279,8 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
     scores = {k: _scalars(metrics[k]) for k in ("val", "test") if k in metrics}
     metadata = onnx_metadata(app, built, cfg, config, metrics=scores) | extra
     export_onnx(built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), out,
-                [i["name"] for i in built.inputs], metadata, output_names=built.output_names)
+                [i["name"] for i in built.inputs], metadata, output_names=built.output_names,
+                dynamic_axes=built.dynamic_axes, tolerance=built.parity_tolerance)
     if fp16:
         convert_fp16(out, out.with_suffix(".fp16.onnx"))
     return out

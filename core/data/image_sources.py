@@ -7,7 +7,8 @@ that fit held out.
 Supported layouts:
     folder/<class>/*.jpg                 one folder per class, split by fractions
     folder/{train,val,test}/<class>/...  given splits (a missing one is carved from train)
-    manifest.csv|.parquet                columns path,label[,split]; `a|b` = multi-label
+    manifest.csv|.parquet                columns path,label[,split][,group]; `a|b` = multi-label;
+                                         with a group column (e.g. patient_id) splits are by group
     file.npz                             MedMNIST style: {train,val,test}_{images,labels}
     builtin:digits                       scikit-learn's 1,797 8x8 handwritten digits
 """
@@ -49,6 +50,7 @@ class ImageSource:
     splits: dict[str, np.ndarray]
     load: Callable[[int], Image.Image]
     notes: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None  # (N,) group ids (e.g. patients): no group in two splits
 
     @property
     def multilabel(self) -> bool:
@@ -71,10 +73,23 @@ class ImageSource:
 
 def open_image_source(
     path: str, split: SplitSettings | None = None, path_column: str = "path",
-    label_column: str = "label",
+    label_column: str = "label", group_column: str | None = None,
+    reader: Callable[[str], Image.Image] | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> ImageSource:
-    """Index the dataset at `path` and split it. Raises DataError for unusable data."""
+    """Index the dataset at `path` and split it. Raises DataError for unusable data.
+
+    Args:
+        path: folder, manifest, .npz or `builtin:<name>`.
+        split: how data without given splits is split.
+        path_column, label_column: manifest columns.
+        group_column: manifest column of group ids (e.g. `patient_id`); when present, splits
+            are made by group and given splits are checked to share no group.
+        reader: file -> PIL image for folders and manifests (default: `open_image`); lets
+            an app read other formats, e.g. DICOM.
+        extensions: file suffixes a folder is searched for.
+    """
     split = split or SplitSettings()
+    reader = reader or open_image
     if path.startswith("builtin:"):
         source = _builtin(path)
     else:
@@ -82,15 +97,17 @@ def open_image_source(
         if not p.exists():
             raise DataError(f"{path}: no such file or folder")
         if p.is_dir():
-            source = _folder(p)
+            source = _folder(p, reader, extensions)
         elif p.suffix.lower() == ".npz":
             source = _npz(p)
         elif p.suffix.lower() in (".csv", ".parquet", ".tsv"):
-            source = _manifest(p, path_column, label_column)
+            source = _manifest(p, path_column, label_column, group_column, reader)
         else:
             raise DataError(f"{path}: expected an image folder, a .csv/.parquet manifest or a .npz")
     _check_labels(source, path)
     _complete_splits(source, split)
+    if source.groups is not None:
+        _check_groups(source, path)
     for name in SPLITS:
         if len(source.splits[name]) == 0:
             raise DataError(f"{path}: the {name} split is empty; the dataset is too small")
@@ -106,13 +123,14 @@ def _check_labels(source: ImageSource, path: str) -> None:
         raise DataError(f"{path}: only one class ({only!r}); a classifier needs at least two")
 
 
-def _folder(root: Path) -> ImageSource:
+def _folder(root: Path, reader: Callable[[str], Image.Image] = open_image,
+            extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> ImageSource:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir())
     split_dirs = {_SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_ALIASES}
     if split_dirs and "train" not in split_dirs:
         raise DataError(f"{root}: has {sorted(split_dirs)} folders but no train folder")
     layout = split_dirs or {"all": root}
-    per_split = {name: _class_files(d) for name, d in layout.items()}
+    per_split = {name: _class_files(d, extensions) for name, d in layout.items()}
     labels = sorted({c for files in per_split.values() for c in files})
     if not labels:
         raise DataError(f"{root}: no class subfolders with images")
@@ -128,20 +146,21 @@ def _folder(root: Path) -> ImageSource:
     return ImageSource(
         description=f"image folder {root}", labels=labels, refs=refs,
         targets=np.asarray(targets, dtype=np.int64), splits=splits,
-        load=lambda i: open_image(refs[i]),
+        load=lambda i: reader(refs[i]),
     )
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
+def _class_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> dict[str, list[Path]]:
     files = {}
     for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-        images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in extensions)
         if images:
             files[class_dir.name] = images
     return files
 
 
-def _manifest(path: Path, path_column: str, label_column: str) -> ImageSource:
+def _manifest(path: Path, path_column: str, label_column: str, group_column: str | None = None,
+              reader: Callable[[str], Image.Image] = open_image) -> ImageSource:
     try:
         table = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(
             path, separator="\t" if path.suffix.lower() == ".tsv" else ",", infer_schema_length=0
@@ -168,24 +187,57 @@ def _manifest(path: Path, path_column: str, label_column: str) -> ImageSource:
         column = [_SPLIT_ALIASES.get(str(s).lower(), str(s)) for s in table["split"].to_list()]
         splits = {name: np.flatnonzero(np.asarray(column) == name) for name in SPLITS}
         splits = {k: v for k, v in splits.items() if len(v)}
+    groups = None
+    if group_column and group_column in table.columns:
+        column = table[group_column].cast(pl.String)
+        if column.null_count():
+            raise DataError(f"{path}: {column.null_count()} rows have no {group_column!r}")
+        groups = np.asarray(column.to_list(), dtype=object)
     return ImageSource(
         description=f"manifest {path}", labels=labels, refs=refs, targets=targets,
-        splits=splits, load=lambda i: open_image(refs[i]),
+        splits=splits, load=lambda i: reader(refs[i]), groups=groups,
     )
 
 
 def _npz(path: Path) -> ImageSource:
     try:
         arrays = np.load(path)
-        keys = set(arrays.files)
     except Exception as exc:
         raise DataError(f"{path}: cannot read .npz ({exc})") from None
+    return array_source(arrays, f"npz {path}", path.name, str(path))
+
+
+def array_source(arrays, description: str, ref_name: str, path: str) -> ImageSource:
+    """An ImageSource over MedMNIST-style arrays: {train,val,test}_{images,labels}[, label_names].
+
+    Args:
+        arrays: a mapping of array name -> array (an open .npz, or a dict).
+        description: the source line of the model card and metadata.
+        ref_name: items are named `ref_name[i]`.
+        path: names the data in error messages.
+    """
+    keys = set(arrays.keys())
     present = [s for s in SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys]
     if "train" not in present:
         raise DataError(f"{path}: .npz needs train_images and train_labels arrays (has {sorted(keys)})")
-    images = np.concatenate([arrays[f"{s}_images"] for s in present])
-    raw = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1) for s in present])
-    sizes = np.cumsum([0] + [len(arrays[f"{s}_images"]) for s in present])
+    for images_key, labels_key in ((f"{s}_images", f"{s}_labels") for s in SPLITS):
+        if (images_key in keys) != (labels_key in keys):
+            have, lack = (images_key, labels_key) if images_key in keys else (labels_key, images_key)
+            raise DataError(f"{path}: has {have} but no {lack}")
+    parts = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in present}
+    for s, (imgs, lbls) in parts.items():
+        if len(imgs) != len(lbls):
+            raise DataError(f"{path}: {s}_images has {len(imgs)} items but {s}_labels has {len(lbls)}")
+        if imgs.ndim not in (3, 4) or (imgs.ndim == 4 and imgs.shape[-1] not in (1, 3)):
+            raise DataError(f"{path}: {s}_images has shape {imgs.shape}; expected (N, H, W) or (N, H, W, 1|3)")
+        if not np.issubdtype(lbls.dtype, np.integer) or (lbls.size and lbls.min() < 0):
+            raise DataError(f"{path}: {s}_labels must be non-negative integers")
+    shapes = {s: imgs.shape[1:] for s, (imgs, _) in parts.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"{path}: images of different sizes across splits ({shapes})")
+    images = np.concatenate([imgs for imgs, _ in parts.values()])
+    raw = np.concatenate([lbls.reshape(len(lbls), -1) for _, lbls in parts.values()])
+    sizes = np.cumsum([0] + [len(imgs) for imgs, _ in parts.values()])
     splits = {s: np.arange(sizes[i], sizes[i + 1]) for i, s in enumerate(present)}
     if raw.shape[1] > 1:  # multi-label (e.g. ChestMNIST)
         labels = [str(i) for i in range(raw.shape[1])]
@@ -194,9 +246,12 @@ def _npz(path: Path) -> ImageSource:
         labels = [str(i) for i in range(int(raw.max()) + 1)]
         targets = raw[:, 0].astype(np.int64)
     if "label_names" in keys:
-        labels = [str(s) for s in arrays["label_names"]]
+        names = [str(s) for s in arrays["label_names"]]
+        if len(names) < len(labels):
+            raise DataError(f"{path}: label {len(labels) - 1} is out of range for {len(names)} label_names")
+        labels = names
     return ImageSource(
-        description=f"npz {path}", labels=labels, refs=[f"{path.name}[{i}]" for i in range(len(images))],
+        description=description, labels=labels, refs=[f"{ref_name}[{i}]" for i in range(len(images))],
         targets=targets, splits=splits, load=lambda i: _array_image(images[i]),
     )
 
@@ -225,6 +280,9 @@ def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
     """Fill in missing splits by a stratified, seeded split of the training data."""
     s = source.splits
     rng = np.random.default_rng(settings.seed)
+    if source.groups is not None:
+        _complete_group_splits(source, settings, rng)
+        return
     if not s:
         everything = np.arange(len(source.refs))
         rest, s["test"] = _stratified(everything, source.targets, settings.test_fraction, rng)
@@ -243,6 +301,44 @@ def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
         source.notes.append(
             f"validation: stratified {settings.val_fraction:.0%} of train, seed {settings.seed}"
         )
+
+
+def _complete_group_splits(source: ImageSource, settings: SplitSettings, rng: np.random.Generator) -> None:
+    """Like _complete_splits, but by group: each patient's images all go to one split."""
+    s, groups = source.splits, source.groups
+    if not s:
+        s["train"] = np.arange(len(source.refs))
+        carve = [("test", settings.test_fraction), ("val", settings.val_fraction)]
+    elif "val" not in s or "test" not in s:
+        if "test" not in s:
+            s["test"] = s.pop("val")
+            source.notes.append("the given val split is used as the untouched test split")
+        carve = [("val", settings.val_fraction)]
+    else:
+        return
+    total = len(s["train"])
+    for name, fraction in carve:
+        pool = s["train"]
+        ids, counts = np.unique(groups[pool], return_counts=True)
+        order = rng.permutation(len(ids))[:-1]  # at least one patient stays in train
+        taken = order[: int(np.searchsorted(np.cumsum(counts[order]), round(fraction * total))) + 1]
+        held = np.isin(groups[pool], ids[taken])
+        s[name], s["train"] = pool[held], pool[~held]
+    n_groups = {k: len(np.unique(groups[v])) for k, v in s.items()}
+    source.notes.append(
+        f"split by patient (no patient in two splits), seed {settings.seed}: "
+        + ", ".join(f"{k} {n_groups[k]} patients / {len(s[k])} images" for k in SPLITS if k in s)
+    )
+
+
+def _check_groups(source: ImageSource, path: str) -> None:
+    """No group (patient) may be in two splits."""
+    seen: dict[str, str] = {}
+    for name in SPLITS:
+        for g in np.unique(source.groups[source.splits[name]]):
+            if g in seen and seen[g] != name:
+                raise DataError(f"{path}: patient {g!r} is in both the {seen[g]} and {name} splits")
+            seen[g] = name
 
 
 def _stratified(

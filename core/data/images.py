@@ -45,9 +45,13 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.spec = cfg, spec
         self.split = SplitSettings(cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-        self.source = open_image_source(cfg.path, self.split, cfg.path_column, cfg.label_column)
+        self.source = self.open_source()
         cpus = os.cpu_count() or 1
         self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, max(cpus - 1, 0))
+
+    def open_source(self) -> ImageSource:
+        """Index and split the data (an app's subclass may read other formats)."""
+        return open_image_source(self.cfg.path, self.split, self.cfg.path_column, self.cfg.label_column)
 
     @property
     def labels(self) -> list[str]:

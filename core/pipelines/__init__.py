@@ -33,6 +33,10 @@ class Built:
         task_factory: (built, cfg, config, class_weights) -> LightningModule; None makes a
             ClassificationTask.
         export_wrapper: (net, temperature) -> the module exported; None adds softmax/sigmoid.
+        parity_tolerance: largest allowed |ONNX - torch| of the export check (raise it for
+            outputs on a raw data scale, e.g. forecasts in the hundreds).
+        dynamic_axes: per graph input/output, its dynamic axes (e.g. batch and sequence);
+            None makes axis 0 of each `batch`.
     """
 
     net: Any
@@ -46,6 +50,8 @@ class Built:
     output_names: list[str] = field(default_factory=lambda: ["probabilities"])
     task_factory: Callable | None = None
     export_wrapper: Callable | None = None
+    parity_tolerance: float = 1e-4
+    dynamic_axes: dict[str, dict[int, str]] | None = None
 
     def export_module(self, temperature: float = 1.0) -> Any:
         """The network as served: by default logits / temperature -> softmax or sigmoid."""

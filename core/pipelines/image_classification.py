@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from core.config import ImageFitConfig
@@ -17,6 +19,7 @@ INPUT_NAME = "pixels"
 def build(
     cfg: ImageFitConfig, pretrained: str | None, labels: list[str] | None = None,
     multilabel: bool = False, with_data: bool = True, channels: int = 3,
+    datamodule_class: Callable = ImageDataModule,
 ) -> Built:
     """Backbone first (its pretrained cfg fixes size and normalisation), then data, then head.
 
@@ -26,16 +29,17 @@ def build(
         labels, multilabel: known label set (from a checkpoint); None reads it from the data.
         with_data: index the dataset (False for export from a checkpoint without data).
         channels: pixel channels of the graph input (1 for grey images).
+        datamodule_class: (cfg.data, spec) -> datamodule; an app's subclass of ImageDataModule.
     """
     backbone, weights = create_timm_model(cfg.model.backbone, 0, pretrained)
     timm_cfg = data_config(backbone)
     spec = ImageSpec(
         size=cfg.data.image_size or timm_cfg["input_size"][-1],
-        crop_pct=timm_cfg.get("crop_pct", 0.875),
+        crop_pct=cfg.data.crop_pct or timm_cfg.get("crop_pct", 0.875),
         interpolation=timm_cfg.get("interpolation", "bicubic") or "bicubic",
         channels=channels,
     )
-    datamodule = ImageDataModule(cfg.data, spec) if with_data else None
+    datamodule = datamodule_class(cfg.data, spec) if with_data else None
     if datamodule is not None and labels is None:
         labels, multilabel = datamodule.labels, datamodule.multilabel
     net = ImageClassifier(

@@ -17,7 +17,8 @@ def render_model_card(info: dict) -> str:
 
     Args:
         info: keys `app`, `title`, `created`, `data`, `model`, `config_yaml`,
-            `metrics`, `export`, `plots`, `onnx`, `intended_use`, `limitations`.
+            `metrics`, `export`, `plots`, `onnx`, `intended_use`, `limitations`, and
+            `sections`: an app's own (heading, Markdown body) pairs, placed after the metrics.
 
     Returns:
         The Markdown text, ending with a newline.
@@ -28,6 +29,7 @@ def render_model_card(info: dict) -> str:
         _model_section(info.get("model") or {}),
         _config_section(info.get("config_yaml")),
         _metrics_section(info.get("metrics") or {}),
+        *(f"## {heading}\n\n{body.strip()}" for heading, body in info.get("sections") or []),
         _plots_section(info.get("plots") or []),
         _export_section(info.get("export") or {}, info.get("onnx")),
         _intended_use_section(info),

@@ -190,3 +190,28 @@ def _save(fig: Figure, out: Path) -> Path:
         return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
+
+
+def reliability_plot(bins: list[dict], ece: float | None, out: Path, title: str = "Reliability diagram") -> Path:
+    """Accuracy against confidence per bin (from `core.metrics.calibration_metrics`), with counts.
+
+    Args:
+        bins: {lower, upper, count, confidence, accuracy} per equal-width confidence bin.
+        ece: expected calibration error, shown in the title.
+        out: PNG file to write.
+    """
+    fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    filled = [b for b in bins if b["count"]]
+    lefts = [b["lower"] for b in bins]
+    widths = [b["upper"] - b["lower"] for b in bins]
+    ax.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled],
+           width=[b["upper"] - b["lower"] for b in filled], align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([(b["lower"] + b["upper"]) / 2 for b in filled], [b["confidence"] for b in filled], "_", color="darkred",
+            markersize=12, markeredgewidth=2, label="mean confidence in bin")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="observed frequency")
+    ax.legend(loc="upper left", fontsize="x-small", framealpha=0.9)
+    ax.set_title(f"{title}\nECE {ece:.4f}" if ece is not None else title, fontsize="medium")
+    count_ax.bar(lefts, [b["count"] for b in bins], width=widths, align="edge", color="grey", edgecolor="black")
+    count_ax.set(xlabel="predicted probability (confidence)", ylabel="count")
+    return _save(fig, out)

@@ -12,8 +12,14 @@ from core.report.plots import confusion_matrix_plot, roc_plot, training_curves
 
 def write_run_report(
     run_dir: Path, app: AppSpec, built: Built, cfg, config_yaml: str, metrics: dict, evaluation,
+    info: dict | None = None, extra_plots: list[Path] = (),
 ) -> Path:
-    """Plots from the logs and the ONNX test evaluation, sample inputs, and the model card."""
+    """Plots from the logs and the ONNX test evaluation, sample inputs, and the model card.
+
+    Args:
+        info: model-card keys that replace the defaults (e.g. `intended_use`, `sections`).
+        extra_plots: PNG files the app drew itself, shown after the shared plots.
+    """
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     plots = [
@@ -24,9 +30,10 @@ def write_run_report(
         plots.append(confusion_matrix_plot(
             evaluation.metrics["confusion_matrix"], evaluation.labels, plots_dir / "confusion_matrix.png"
         ))
+    plots += list(extra_plots)
     dm = built.datamodule
     samples = dm.write_samples(run_dir / "samples") if hasattr(dm, "write_samples") else 0
-    info = {
+    card = {
         "app": app.name,
         "title": f"deepapps {app.name}: {cfg.model.backbone} on {cfg.data.path}",
         "data": dm.summary(),
@@ -42,10 +49,10 @@ def write_run_report(
         "onnx": "model.onnx",
     }
     if samples:
-        info["data"]["notes"] = info["data"]["notes"] + [
+        card["data"]["notes"] = card["data"]["notes"] + [
             f"{samples} test images were saved to samples/ to try `deepapps {app.name} predict` on."
         ]
-    return write_model_card(run_dir / "model_card.md", info)
+    return write_model_card(run_dir / "model_card.md", card | (info or {}))
 
 
 def _headline(metrics: dict) -> dict:

@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from core.errors import DataError, DeepappsError
-from core.runtime.images import ImageSpec, list_images, open_image, to_model_input
-from core.runtime.io import write_table
+from core.runtime.evaluation import Evaluation
+from core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
 from core.runtime.session import OnnxModel
+
+if TYPE_CHECKING:
+    from core.data.image_sources import ImageSource
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="labels kept per image")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
-
-
-@dataclass
-class Evaluation:
-    """Metrics of a model on one split, with the raw targets and probabilities for plots."""
-
-    metrics: dict
-    targets: np.ndarray
-    probs: np.ndarray
-    labels: list[str]
-    problem: str
 
 
 def score_images(model: OnnxModel, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -89,18 +85,64 @@ def _prediction_row(path: Path, probs: np.ndarray, model: OnnxModel, top_k: int)
     )
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
-    """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
+# --- HTTP serving adapter (core.serving): one item in, one JSON-able dict out ---------------
+
+
+def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
+    """A request item (`{"image": "<base64>"}` or an uploaded file's bytes) -> model pixels.
+
+    Raises:
+        DataError: one line saying what is wrong with the item.
+    """
+    if isinstance(item, dict):
+        if set(item) != {"image"} or not isinstance(item["image"], str):
+            raise DataError(f"expected {{\"image\": \"<base64>\"}}, got fields {sorted(item)}")
+        try:
+            item = base64.b64decode(item["image"], validate=True)
+        except (binascii.Error, ValueError):
+            raise DataError("image: not valid base64") from None
+    spec = ImageSpec.from_meta(model.meta["preprocess"])
+    return to_model_input(decode_image(item, spec.channels), spec)
+
+
+def run_items(model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
+    """One ONNX Runtime call for a micro-batch of decoded items."""
+    probs = score_images(model, items, batch_size=max(1, len(items)))
+    return [prediction(p, model) for p in probs]
+
+
+def prediction(probs: np.ndarray, model: OnnxModel) -> dict:
+    """Label(s), top probability and every class probability for one item."""
+    labels = model.labels
+    out = {"probabilities": {name: round(float(p), 6) for name, p in zip(labels, probs)}}
+    if model.meta["task"] == "multilabel":
+        threshold = model.meta.get("threshold") or 0.5
+        return {"labels": [labels[i] for i in np.flatnonzero(probs >= threshold)]} | out
+    top = int(np.argmax(probs))
+    return {"label": labels[top], "probability": round(float(probs[top]), 6)} | out
+
+
+def evaluate(
+    model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32,
+    open_source: Callable[[str], ImageSource] | None = None,
+) -> Evaluation:
+    """Metrics of the ONNX model on `split` of the data, split exactly as in fit.
+
+    Args:
+        open_source: data path -> ImageSource, for an app that reads its data its own way;
+            default: `open_image_source` with the split settings stored in the model.
+    """
     from core.data.image_sources import SplitSettings, open_image_source
     from core.metrics import classification_metrics
 
-    data_cfg = model.meta.get("train", {}).get("data_config", {})
-    settings = SplitSettings(
-        data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
-    )
-    source = open_image_source(
-        data_path, settings, data_cfg.get("path_column", "path"), data_cfg.get("label_column", "label")
-    )
+    if open_source is None:
+        data_cfg = model.meta.get("train", {}).get("data_config", {})
+        settings = SplitSettings(
+            data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
+        )
+        open_source = partial(open_image_source, split=settings, path_column=data_cfg.get("path_column", "path"),
+                              label_column=data_cfg.get("label_column", "label"))
+    source = open_source(data_path)
     if source.labels != model.labels:
         raise DataError(f"{data_path}: labels {source.labels} differ from the model's {model.labels}")
     if split not in source.splits:

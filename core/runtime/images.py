@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,6 +74,20 @@ def open_image(path: str | Path, channels: int = 3) -> Image.Image:
         raise DataError(f"{path}: not an image file") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def decode_image(data: bytes, channels: int = 3) -> Image.Image:
+    """Decode image bytes (an upload), converted like `open_image`. Raises DataError."""
+    if not data:
+        raise DataError("image: empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("L" if channels == 1 else "RGB")
+    except UnidentifiedImageError:
+        raise DataError("image: not an image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"image: corrupt or truncated ({exc})") from None
 
 
 def to_model_input(img: Image.Image, spec: ImageSpec) -> np.ndarray:

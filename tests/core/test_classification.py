@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.config import ImageFitConfig, OptimConfig
+from core.config import OptimConfig
 from core.models.backbones import create_timm_model
 from core.models.image_classifier import ImageClassifier
 from core.tasks.classification import ClassificationTask, _Schedule, make_metrics, problem_type
