@@ -26,17 +26,8 @@ from core.models.backbones import create_timm_model, data_config
 from core.models.heads import WithProbabilities
 from core.models.image_classifier import ImageClassifier
 from core.runtime.session import load_model
+from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
 
-
-def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cold_start(model: Path, image: Path, runs: int = 3) -> float:

@@ -16,6 +16,11 @@ from pathlib import Path
 from core.errors import ConfigError, DeepappsError
 from core.registry import AppSpec, discover_apps, get_app
 
+TOOLS = {
+    "serve": ("core.serving.server:main", "serve any deepapps ONNX model over HTTP (micro-batching, metrics)"),
+    "import": ("core.importer:main", "wrap a classifier exported by another framework into a deepapps model"),
+}
+
 COMMANDS = {
     "fit": "train on the data, export the best checkpoint to ONNX and evaluate that file",
     "validate": "metrics of a checkpoint on the validation split (torch)",
@@ -67,12 +72,20 @@ def _dispatch(argv: list[str]) -> int:
         print("\ncommands (deepapps <app> --help):")
         for name, text in COMMANDS.items():
             print(f"  {name:<12} {text}")
+        print("\nother commands (deepapps <command> --help):")
+        for name, (_, text) in TOOLS.items():
+            print(f"  {name:<12} {text}")
         return 0
     if argv[0] in ("-V", "--version"):
         import core
 
         print(f"deepapps {core.__version__}")
         return 0
+    if argv[0] in TOOLS:
+        module, _, function = TOOLS[argv[0]][0].partition(":")
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(argv[1:])
     return run_app(get_app(argv[0]), argv[1:])
 
 
@@ -213,9 +226,15 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
     runtime = app.load_runtime()
     parser = _serving_parser(app, command)
     parser.add_argument("--out", help="output table (.csv, .parquet or .jsonl); default: CSV on stdout")
+    parser.add_argument("--engine", default="local", choices=["local", "spark"],
+                        help="spark: score a Parquet dataset with a pandas UDF (pip install pyspark)")
+    parser.add_argument("--spark-column", default="image", help="with --engine spark: the input column")
+    parser.add_argument("--spark-master", default="local[*]", help="with --engine spark: the Spark master")
     runtime.add_predict_arguments(parser)
     args = parser.parse_args(argv)
     model = load_model(args.model, args.provider, app=app.name)
+    if args.engine == "spark":
+        return _predict_spark(args)
     say_provider(model)
     table, failures = runtime.predict(model, args)
     if args.out:
@@ -226,6 +245,21 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
     if failures:
         print(f"{failures} of {len(table)} inputs failed; see the error column", file=sys.stderr)
     return 2 if failures and failures == len(table) else 0
+
+
+def _predict_spark(args: argparse.Namespace) -> int:
+    inputs = getattr(args, "inputs", None) or []
+    if len(inputs) != 1 or not args.out:
+        raise ConfigError("--engine spark takes one Parquet input (file, folder or URL) and --out")
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise ConfigError("--engine spark needs pyspark: pip install pyspark")
+    from core.spark import score_parquet
+
+    rows = score_parquet(str(inputs[0]), args.out, args.model, args.spark_column, args.spark_master)
+    print(f"wrote {rows} rows to {args.out}", file=sys.stderr)
+    return 0
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -1,8 +1,15 @@
-"""Test helpers: synthetic images and ../shared lookup."""
+"""Test helpers: synthetic images, ../shared lookup, and a real `deepapps serve` subprocess."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +44,51 @@ def make_image_folder(root: Path, classes: dict[str, tuple[int, int, int]], per_
 
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 40, 40)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *options: str):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "serve", "--model", str(model), "--port", str(self.port), *options],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready: {self.process.stderr.read()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request(method, path, body, headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, data
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def predict(self, payload: object, raw: bytes | None = None):
+        body = raw if raw is not None else json.dumps(payload).encode()
+        status, data = self.request("POST", "/v1/predict", body, {"content-type": "application/json"})
+        return status, json.loads(data)
+
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)

@@ -1,0 +1,164 @@
+"""`deepapps import`: wrap a classifier exported elsewhere (tf2onnx, Keras, ...) into a deepapps model.
+
+The foreign graph is framed by a preprocessing graph (uint8 NHWC pixels -> scale, mean/std,
+layout) and, for logits, a softmax, then given the deepapps metadata, so predict, evaluate and
+serve treat it like a model trained here. Torch-free: only `onnx` and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper
+
+import core
+from core.errors import ConfigError, ModelFileError
+from core.runtime.io import atomic_write
+
+PIXELS, PROBABILITIES = "pixels", "probabilities"
+
+
+def import_classifier(
+    foreign: Path, out: Path, app: str, labels: list[str], size: int, mean: list[float], std: list[float],
+    scale: float = 255.0, layout: str = "NCHW", outputs: str = "logits", crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+) -> dict:
+    """Write `out`: the foreign classifier behind deepapps preprocessing, with metadata.
+
+    Args:
+        foreign: ONNX classifier taking float pixels (N, 3, H, W) or (N, H, W, 3).
+        labels: class names, in the order of the foreign model's outputs.
+        size: square input size the foreign model expects.
+        mean, std: per-channel normalisation after dividing by `scale`.
+        layout: the foreign input's layout, NCHW or NHWC.
+        outputs: `logits` (a softmax is added) or `probabilities` (kept as they are).
+        crop_pct, interpolation: how predict resizes images before the graph.
+
+    Returns:
+        The metadata written.
+    """
+    try:
+        model = onnx.load(str(foreign))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises several types for bad files
+        raise ModelFileError(f"{foreign}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise ModelFileError(f"{foreign}: expected one input and one output, found "
+                             f"{len(model.graph.input)} and {len(model.graph.output)}")
+    if layout not in ("NCHW", "NHWC") or outputs not in ("logits", "probabilities"):
+        raise ConfigError("--layout must be NCHW or NHWC, --outputs logits or probabilities")
+    if len(mean) != 3 or len(std) != 3:
+        raise ConfigError("--mean and --std need 3 values (one per RGB channel)")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    pre = _preprocessing(model.graph.input[0].name, mean, std, scale, layout, opset, model.ir_version)
+    post = _postprocessing(model.graph.output[0].name, outputs, opset, model.ir_version)
+    merged = compose.merge_models(pre, model, io_map=[(pre.graph.output[0].name, model.graph.input[0].name)],
+                                  prefix2="foreign/")
+    merged = compose.merge_models(merged, post, io_map=[(merged.graph.output[0].name, post.graph.input[0].name)])
+    onnx.checker.check_model(merged)
+    _check_outputs(merged, size, len(labels), foreign)
+    meta = {
+        "app": app, "family": "image_classification",
+        "task": "binary" if len(labels) == 2 else "multiclass", "labels": labels,
+        "inputs": [{"name": PIXELS, "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "NHWC"}],
+        "outputs": [{"name": PROBABILITIES, "dtype": "float32"}],
+        "preprocess": {"size": size, "crop_pct": crop_pct, "interpolation": interpolation, "channels": 3,
+                       "mean": mean, "std": std, "scale": scale, "layout": "NHWC", "dtype": "uint8",
+                       "in_graph": f"divide by {scale:g}, normalise with mean/std, NHWC->{layout}"},
+        "threshold": None, "metrics": {},
+        "train": {"imported_from": str(foreign), "foreign_outputs": outputs},
+        "version": core.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export": {"opset": opset, "imported": True},
+    }
+    from core.export import set_metadata
+
+    set_metadata(merged, meta)
+    atomic_write(out, lambda tmp: onnx.save(merged, str(tmp)))
+    return meta
+
+
+def _preprocessing(target: str, mean, std, scale, layout, opset, ir_version) -> onnx.ModelProto:
+    """uint8 (N, S, S, 3) -> float, / scale, - mean, / std, -> the foreign layout."""
+    shape = [1, 1, 1, 3]
+    inits = [
+        helper.make_tensor("pre/scale", TensorProto.FLOAT, [], [scale]),
+        helper.make_tensor("pre/mean", TensorProto.FLOAT, shape, mean),
+        helper.make_tensor("pre/std", TensorProto.FLOAT, shape, std),
+    ]
+    nodes = [
+        helper.make_node("Cast", [PIXELS], ["pre/float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["pre/float", "pre/scale"], ["pre/scaled"]),
+        helper.make_node("Sub", ["pre/scaled", "pre/mean"], ["pre/centred"]),
+        helper.make_node("Div", ["pre/centred", "pre/std"], ["pre/normalised"]),
+    ]
+    last = "pre/normalised"
+    if layout == "NCHW":
+        nodes.append(helper.make_node("Transpose", [last], ["pre/nchw"], perm=[0, 3, 1, 2]))
+        last = "pre/nchw"
+    graph = helper.make_graph(
+        nodes, "deepapps_preprocess",
+        [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["batch", None, None, 3])],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def _postprocessing(source: str, outputs: str, opset: int, ir_version: int) -> onnx.ModelProto:
+    node = (helper.make_node("Softmax", ["post/in"], [PROBABILITIES], axis=-1) if outputs == "logits"
+            else helper.make_node("Identity", ["post/in"], [PROBABILITIES]))
+    graph = helper.make_graph(
+        [node], "deepapps_postprocess", [helper.make_tensor_value_info("post/in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", None])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def _check_outputs(model: onnx.ModelProto, size: int, n_labels: int, foreign: Path) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    try:
+        probs = session.run(None, {PIXELS: pixels})[0]
+    except Exception as exc:  # ORT's errors name the node that failed
+        raise ModelFileError(f"{foreign}: does not run on ({size}, {size}) images: {str(exc).splitlines()[0][:200]}") from None
+    if probs.shape != (2, n_labels):
+        raise ConfigError(f"{foreign}: outputs {probs.shape[-1]} scores per image, but {n_labels} labels were given")
+    if not np.allclose(probs.sum(-1), 1.0, atol=1e-3):
+        raise ConfigError(f"{foreign}: outputs do not sum to 1; pass --outputs logits")
+
+
+def main(argv: list[str]) -> int:
+    """`deepapps import --app vision --onnx FOREIGN.onnx --labels a,b,c [options]`."""
+    from core.cli import OneLineParser
+
+    parser = OneLineParser(prog="deepapps import", allow_abbrev=False,
+                           description="wrap a classifier exported by another framework into a deepapps model")
+    parser.add_argument("--app", default="vision", choices=["vision", "healthcare"])
+    parser.add_argument("--onnx", required=True, type=Path, help="the foreign .onnx classifier")
+    parser.add_argument("--labels", required=True, help="comma-separated class names, or @FILE with one per line")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--mean", default="0.485,0.456,0.406", help="per-channel mean after scaling")
+    parser.add_argument("--std", default="0.229,0.224,0.225", help="per-channel std after scaling")
+    parser.add_argument("--scale", type=float, default=255.0, help="pixels are divided by this first")
+    parser.add_argument("--layout", default="NCHW", help="the foreign input layout: NCHW or NHWC (Keras)")
+    parser.add_argument("--outputs", default="logits", help="logits (adds softmax) or probabilities")
+    parser.add_argument("--crop-pct", dest="crop_pct", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, help="default: FOREIGN.deepapps.onnx")
+    args = parser.parse_args(argv)
+    if args.labels.startswith("@"):
+        labels = [l.strip() for l in Path(args.labels[1:]).read_text().splitlines() if l.strip()]
+    else:
+        labels = [l.strip() for l in args.labels.split(",") if l.strip()]
+    try:
+        mean, std = [float(x) for x in args.mean.split(",")], [float(x) for x in args.std.split(",")]
+    except ValueError:
+        raise ConfigError("--mean/--std: comma-separated numbers expected") from None
+    out = args.out or args.onnx.with_suffix(".deepapps.onnx")
+    import_classifier(args.onnx, out, args.app, labels, args.size, mean, std, args.scale, args.layout,
+                      args.outputs, args.crop_pct)
+    print(out)
+    return 0

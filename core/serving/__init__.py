@@ -1,0 +1,1 @@
+"""HTTP serving of deepapps ONNX models (no torch)."""
