@@ -1,0 +1,1 @@
+"""Finance apps: fraud detection (`fraud`) and forecasting (`forecast`); `tables` is shared."""

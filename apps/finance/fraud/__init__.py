@@ -1,0 +1,19 @@
+"""Fraud app: tabular transactions -> MLP / FT-Transformer -> one ONNX file taking raw columns."""
+
+from pathlib import Path
+
+from core.registry import AppCommand, AppSpec
+
+APP = AppSpec(
+    name="fraud",
+    help="fraud detection on tabular transactions: MLP/FT-Transformer, cost threshold, streaming ONNX scoring",
+    task="tabular_classification",
+    config_class="apps.finance.fraud.config:FraudFitConfig",
+    configs_dir=Path(__file__).parent / "configs",
+    pipeline="apps.finance.fraud.pipeline",
+    runtime="apps.finance.fraud.runtime",
+    commands=(
+        AppCommand("predict", "score a CSV/Parquet table in streaming chunks (ONNX Runtime, no torch)",
+                   "apps.finance.fraud.runtime:predict_command"),
+    ),
+)

@@ -1,0 +1,102 @@
+"""Tabular DataModule: a table -> column roles -> split -> features fitted on train -> tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns, load_source, targets
+from apps.finance.tables import split_frame
+from core.errors import ConfigError, DataError
+
+
+class TabularDataModule(L.LightningDataModule):
+    """Reads the whole table (training data fits in memory), splits it and fits the features.
+
+    Attributes:
+        spec: the fitted FeatureSpec (numeric stats, vocabularies) that goes into the graph.
+        frames: raw train/val/test tables (for baselines and reports).
+        y: 0/1 targets per split.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        source = cfg.path
+        df = load_source(source, cfg)
+        self.columns = find_columns(df, source, cfg)
+        self.frames = split_frame(df, self.columns, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        y_train, positive = targets(self.frames["train"], self.columns.label, source)
+        if len(np.unique(y_train)) < 2:
+            raise DataError(f"{source}: label column {self.columns.label!r} has only one class in the train split")
+        self.spec = FeatureSpec.fit(self.frames["train"], self.columns, positive, cfg.log_columns, cfg.min_category_count)
+        self.y = {k: targets(f, self.columns.label, source, positive)[0] for k, f in self.frames.items()}
+        self.encoded: dict[str, Encoded] = {k: encode(f, self.spec) for k, f in self.frames.items()}
+        for split, enc in self.encoded.items():
+            if enc.bad.any():
+                first = enc.first_error
+                raise DataError(f"{source}: {int(enc.bad.sum())} {split} rows have bad values (first: {first})")
+        self.labels, self.multilabel = LABELS, False
+
+    def _dataset(self, split: str) -> TensorDataset:
+        return TensorDataset(*self.inputs(split), torch.from_numpy(self.y[split]))
+
+    def inputs(self, split: str, n: int | None = None) -> tuple[torch.Tensor, ...]:
+        """Graph inputs of a split: (numeric,) or (numeric, categorical)."""
+        enc = self.encoded[split]
+        out = [torch.from_numpy(enc.numeric[:n])]
+        if self.spec.categorical:
+            out.append(torch.from_numpy(enc.categorical[:n]))
+        return tuple(out)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset("train"), self.cfg.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.cfg.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset("val"), 4096, num_workers=self.cfg.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset("test"), 4096, num_workers=self.cfg.num_workers)
+
+    def example_batch(self, n: int = 8) -> tuple[torch.Tensor, ...]:
+        """Validation rows, chosen to include missing values when there are any (parity check)."""
+        enc = self.encoded["val"]
+        rows = np.r_[np.flatnonzero(np.isnan(enc.numeric).any(1))[: n // 2], np.arange(n)][:n]
+        out = [torch.from_numpy(enc.numeric[rows])]
+        if self.spec.categorical:
+            out.append(torch.from_numpy(enc.categorical[rows]))
+        return tuple(out)
+
+    def class_weights(self, mode: str | None) -> list[float] | None:
+        """None, `balanced` (n / (2 n_class)), `sqrt` (its square root), or `w0,w1`."""
+        if mode is None:
+            return None
+        counts = np.bincount(self.y["train"], minlength=2).astype(float)
+        if mode in ("balanced", "sqrt"):
+            w = counts.sum() / (2 * counts)
+            return (np.sqrt(w) if mode == "sqrt" else w).tolist()
+        try:
+            weights = [float(v) for v in mode.split(",")]
+        except ValueError:
+            weights = []
+        if len(weights) != 2:
+            raise ConfigError(f"--optim.class_weights {mode}: use null, balanced, sqrt or two numbers w0,w1")
+        return weights
+
+    def summary(self) -> dict:
+        sizes = {k: f.height for k, f in self.frames.items()}
+        counts = {k: {LABELS[0]: int((y == 0).sum()), LABELS[1]: int(y.sum())} for k, y in self.y.items()}
+        c = self.columns
+        notes = [
+            f"label `{c.label}` (fraud = {self.spec.positive!r}); time `{c.time}`; ids {c.ids or 'none'}",
+            f"numeric ({len(c.numeric)}): {', '.join(c.numeric)}",
+            f"categorical ({len(c.categorical)}): {', '.join(c.categorical) or 'none'}",
+            f"split: {self.cfg.split if c.time or self.cfg.split == 'random' else 'random (no time column)'}",
+        ]
+        if self.cfg.path == "builtin:transactions":
+            notes.append(f"synthetic transactions: {self.cfg.synth_rows} rows, fraud rate {self.cfg.synth_fraud_rate}, "
+                         f"seed {self.cfg.synth_seed}")
+        return {"source": self.cfg.path, "sizes": sizes, "labels": LABELS, "class_counts": counts, "notes": notes}

@@ -1,0 +1,179 @@
+"""Raw columns -> model inputs, shared by fit and serving (numpy + polars, no torch).
+
+What the graph cannot take (text categories) is mapped here to integer codes with the
+vocabulary stored in the ONNX metadata; everything numeric (log, fill, robust scaling,
+missing indicators) happens inside the graph, from the statistics fitted on train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import polars as pl
+
+from apps.finance.tables import Columns, detect_columns, read_table, table_schema
+from core.errors import DataError
+
+BUILTIN = "builtin:transactions"
+LABELS = ["normal", "fraud"]
+CLIP = 10.0  # scaled numerics are clipped to [-CLIP, CLIP] in the graph
+
+
+def load_source(path: str, data) -> pl.DataFrame:
+    """The training table: a CSV/Parquet file or the built-in generator (`data` = data config)."""
+    if path == BUILTIN:
+        from apps.finance.fraud.synth import generate
+
+        return generate(data.synth_rows, data.synth_fraud_rate, data.synth_seed)
+    if path.startswith("builtin:"):
+        raise DataError(f"{path}: unknown builtin dataset; the fraud app has {BUILTIN}")
+    return read_table(path)
+
+
+def find_columns(df: pl.DataFrame, source: str, data, with_label: bool = True) -> Columns:
+    """Column roles from the data config (`data`), with the detection defaults of tables.py."""
+    columns = detect_columns(
+        df.schema if isinstance(df, pl.DataFrame) else table_schema(source, df), source,
+        label=data.label_column if with_label else None, time=data.time_column, ids=data.id_columns,
+        categorical=data.categorical_columns, numeric=data.numeric_columns, exclude=data.exclude_columns,
+    )
+    if with_label and columns.label is None:
+        raise DataError(f"{source}: no label column found; set --data.label_column (columns: {', '.join(df.columns)})")
+    if data.use_time_as_feature and columns.time and columns.time not in columns.numeric:
+        columns.numeric.append(columns.time)
+    return columns
+
+
+def targets(df: pl.DataFrame, label: str, source: str, positive: object = None) -> tuple[np.ndarray, object]:
+    """(0/1 int64 targets, the value meaning fraud). Fraud is 1/True, else the rarer value."""
+    column = df[label]
+    if column.null_count():
+        raise DataError(f"{source}: label column {label!r} has {column.null_count()} empty values")
+    values = column.unique().to_list()
+    if positive is None:
+        if len(values) != 2:
+            raise DataError(f"{source}: label column {label!r} must have two classes, found {len(values)}: {values[:5]}")
+        if set(values) <= {0, 1, True, False}:
+            positive = 1
+        else:
+            counts = column.value_counts()
+            positive = counts.sort("count")[label][0]
+    return (column == positive).cast(pl.Int64).to_numpy().copy(), positive
+
+
+@dataclass
+class FeatureSpec:
+    """Per-column statistics fitted on train; travels in the ONNX metadata as `preprocess`."""
+
+    numeric: list[str]
+    categorical: list[str]
+    log: list[bool]
+    center: list[float]
+    scale: list[float]
+    vocab: dict[str, list[str]]
+    ids: list[str] = field(default_factory=list)
+    time: str | None = None
+    label: str | None = None
+    positive: object = 1
+    clip: float = CLIP
+
+    @classmethod
+    def fit(cls, train: pl.DataFrame, columns: Columns, positive: object, log_columns: list[str] | None,
+            min_count: int = 5) -> FeatureSpec:
+        """Robust statistics of each numeric (after the log where asked) and category vocabularies."""
+        log_columns = [c for c in columns.numeric if "amount" in c.lower()] if log_columns is None else log_columns
+        spec = cls(numeric=list(columns.numeric), categorical=list(columns.categorical),
+                   log=[c in log_columns for c in columns.numeric], center=[], scale=[], vocab={},
+                   ids=list(columns.ids), time=columns.time, label=columns.label, positive=positive)
+        numeric, _ = numeric_matrix(train, spec)
+        x = np.where(spec.log, np.sign(numeric) * np.log1p(np.abs(numeric)), numeric)
+        for j, name in enumerate(spec.numeric):
+            col = x[:, j][np.isfinite(x[:, j])]
+            if col.size == 0:
+                raise DataError(f"train split: numeric column {name!r} has no values")
+            q25, median, q75 = np.percentile(col, [25, 50, 75])
+            scale = (q75 - q25) or col.std() or 1.0
+            spec.center.append(float(median))
+            spec.scale.append(float(scale))
+        for name in spec.categorical:
+            counts = train[name].cast(pl.String).drop_nulls().value_counts(sort=True)
+            spec.vocab[name] = [str(v) for v, n in zip(counts[name], counts["count"]) if n >= min_count]
+        return spec
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding rows per categorical: vocabulary + 1 (code 0 = unknown or missing)."""
+        return [len(self.vocab[c]) + 1 for c in self.categorical]
+
+    def to_meta(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> FeatureSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in known})
+
+
+@dataclass
+class Encoded:
+    """Model inputs for a table of raw rows, plus what was wrong with each row."""
+
+    numeric: np.ndarray  # (N, F) float32, NaN = missing
+    categorical: np.ndarray  # (N, C) int64, 0 = unknown
+    errors: pl.Series  # (N,) String: null, or why the row cannot be scored
+    unknown: dict[str, int]  # unseen categories per column
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self.errors.is_not_null().to_numpy()
+
+    @property
+    def first_error(self) -> str | None:
+        errors = self.errors.drop_nulls()
+        return errors[0] if len(errors) else None
+
+
+def check_columns(names: list[str], spec: FeatureSpec, source: str) -> list[str]:
+    """Raise naming the missing feature columns; return the extra ones (ignored)."""
+    needed = [*spec.numeric, *spec.categorical]
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise DataError(f"{source}: missing required column(s): {', '.join(missing)}")
+    return [c for c in names if c not in needed and c not in spec.ids and c not in (spec.label, spec.time)]
+
+
+def numeric_matrix(df: pl.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, pl.Series]:
+    """((N, F) float32 with NaN for missing, (N,) errors: text that is not a number, or inf)."""
+    values, errors = [], []
+    for name in spec.numeric:
+        dtype, col = df.schema[name], pl.col(name)
+        if dtype.is_numeric() or dtype == pl.Boolean:
+            value = col.cast(pl.Float64)
+            errors.append(pl.when(value.is_infinite()).then(pl.lit(f"{name}: infinite value")))
+        elif dtype.is_temporal():
+            value = col.dt.epoch("s").cast(pl.Float64)
+        else:
+            value = col.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+            errors.append(pl.when(col.is_not_null() & value.is_null()).then(pl.lit(f"{name}: not a number")))
+            errors.append(pl.when(value.is_infinite()).then(pl.lit(f"{name}: infinite value")))
+        values.append(value.cast(pl.Float32).alias(name))
+    error = pl.coalesce(errors) if errors else pl.lit(None, pl.String)
+    out = df.select(*values, error.alias("__error__"))
+    matrix = out.select(spec.numeric).to_numpy().astype(np.float32, copy=False) if spec.numeric else np.zeros((df.height, 0), np.float32)
+    return matrix, out["__error__"].cast(pl.String)
+
+
+def encode(df: pl.DataFrame, spec: FeatureSpec) -> Encoded:
+    """Raw rows -> (numeric, categorical codes); bad values become row errors, not exceptions."""
+    numeric, errors = numeric_matrix(df, spec)
+    codes, unknown = [], {}
+    for name in spec.categorical:
+        mapping = {v: i + 1 for i, v in enumerate(spec.vocab[name])}
+        text = pl.col(name).cast(pl.String)
+        code = text.replace_strict(mapping, default=0, return_dtype=pl.Int64)
+        frame = df.select(code.alias("code"), (text.is_not_null() & (code == 0)).sum().alias("unknown"))
+        codes.append(frame["code"].to_numpy())
+        unknown[name] = int(frame["unknown"][0]) if frame.height else 0
+    categorical = np.stack(codes, axis=1) if codes else np.zeros((df.height, 0), np.int64)
+    return Encoded(numeric, categorical.astype(np.int64, copy=False), errors, unknown)

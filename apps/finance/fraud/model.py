@@ -1,0 +1,132 @@
+"""Tabular networks taking RAW columns: the fitted preprocessing is part of the graph.
+
+inputs: numeric (B, F) float32 with NaN for missing, categorical (B, C) int64 codes (0 = unknown)
+-> RawFeatures: log (selected columns), fill, robust scaling, clip, missing indicators
+-> MLP or FT-Transformer -> logits (B, 2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from apps.finance.fraud.features import FeatureSpec
+
+
+class RawFeatures(nn.Module):
+    """Numeric preprocessing fitted on train: sign*log1p, NaN -> median, (x - median) / IQR, clip."""
+
+    def __init__(self, spec: FeatureSpec):
+        super().__init__()
+        self.register_buffer("center", torch.tensor(spec.center, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(spec.scale, dtype=torch.float32))
+        self.register_buffer("log_mask", torch.tensor(spec.log, dtype=torch.bool))
+        self.register_buffer("cardinality", torch.tensor(spec.cardinalities, dtype=torch.int64))
+        offsets = [0, *torch.tensor(spec.cardinalities).cumsum(0).tolist()[:-1]] if spec.categorical else []
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64))
+        self.clip = spec.clip
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None):
+        missing = torch.isnan(numeric)  # (B, F)
+        x = torch.where(self.log_mask, torch.sign(numeric) * torch.log1p(torch.abs(numeric)), numeric)
+        x = torch.where(missing, self.center, x)
+        x = ((x - self.center) / self.scale).clamp(-self.clip, self.clip)  # (B, F)
+        codes = None
+        if categorical is not None:
+            known = (categorical >= 0) & (categorical < self.cardinality)
+            codes = torch.where(known, categorical, torch.zeros_like(categorical)) + self.offsets  # (B, C)
+        return x, missing.to(x.dtype), codes
+
+
+class TabularMLP(nn.Module):
+    """[scaled numerics, missing flags, embeddings] -> (Linear, BatchNorm, ReLU, Dropout) x n -> 2 logits."""
+
+    def __init__(self, spec: FeatureSpec, hidden: list[int], dropout: float, embedding_dim: int):
+        super().__init__()
+        self.features = RawFeatures(spec)
+        n_cat = len(spec.categorical)
+        self.embedding = nn.Embedding(sum(spec.cardinalities), embedding_dim) if n_cat else None
+        width, blocks = 2 * len(spec.numeric) + n_cat * embedding_dim, []
+        for h in hidden:
+            blocks += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, 2)
+        self.backbone = nn.ModuleList([self.body])  # what ClassificationTask groups as `backbone`
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+        x, missing, codes = self.features(numeric, categorical)
+        parts = [x, missing]
+        if self.embedding is not None:
+            parts.append(self.embedding(codes).flatten(1))  # (B, C * E)
+        return self.head(self.body(torch.cat(parts, dim=1)))  # (B, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out (exports to plain ONNX MatMul/Softmax)."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.qkv, self.proj, self.drop = heads, nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, d)
+        att = self.drop((q @ k.transpose(-2, -1) / math.sqrt(D // self.heads)).softmax(-1))  # (B, H, T, T)
+        return self.proj((att @ v).transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(d), Attention(d, heads, dropout)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class FTTransformer(nn.Module):
+    """FT-Transformer-like (Gorishniy et al. 2021): a token per feature + [CLS], self-attention."""
+
+    def __init__(self, spec: FeatureSpec, d_token: int, n_layers: int, n_heads: int, dropout: float):
+        super().__init__()
+        if d_token % n_heads:
+            raise ValueError(f"--model.d_token {d_token} must be a multiple of --model.n_heads {n_heads}")
+        n_num = len(spec.numeric)
+        self.features = RawFeatures(spec)
+        self.num_weight = nn.Parameter(torch.randn(n_num, d_token) / math.sqrt(d_token))
+        self.num_bias = nn.Parameter(torch.zeros(n_num, d_token))
+        self.missing = nn.Parameter(torch.zeros(n_num, d_token))  # added where the value was missing
+        self.embedding = nn.Embedding(sum(spec.cardinalities), d_token) if spec.categorical else None
+        self.cls = nn.Parameter(torch.zeros(1, 1, d_token))
+        self.blocks = nn.Sequential(*[Block(d_token, n_heads, dropout) for _ in range(n_layers)])
+        self.norm, self.head = nn.LayerNorm(d_token), nn.Linear(d_token, 2)
+        self.backbone = nn.ModuleList([self.blocks])
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+        x, missing, codes = self.features(numeric, categorical)
+        tokens = x.unsqueeze(-1) * self.num_weight + self.num_bias + missing.unsqueeze(-1) * self.missing  # (B, F, D)
+        parts = [self.cls.expand(len(x), -1, -1), tokens]
+        if self.embedding is not None:
+            parts.append(self.embedding(codes))  # (B, C, D)
+        h = self.blocks(torch.cat(parts, dim=1))  # (B, 1 + F + C, D)
+        return self.head(F.relu(self.norm(h[:, 0])))  # (B, 2)
+
+
+def create_model(spec: FeatureSpec, cfg) -> nn.Module:
+    """`cfg.arch`: `mlp` or `ft_transformer` (cfg = TabularModelConfig)."""
+    if cfg.arch == "mlp":
+        return TabularMLP(spec, cfg.hidden, cfg.dropout, cfg.embedding_dim)
+    if cfg.arch in ("ft_transformer", "ft-transformer", "ftt"):
+        return FTTransformer(spec, cfg.d_token, cfg.n_layers, cfg.n_heads, cfg.dropout)
+    from core.errors import ConfigError
+
+    raise ConfigError(f"--model.arch {cfg.arch}: choose mlp or ft_transformer")

@@ -1,0 +1,210 @@
+"""Serving side of fraud (ONNX Runtime + polars, never torch): evaluate and streaming predict."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from apps.finance.fraud.config import TabularDataConfig
+from apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets
+from apps.finance.fraud.scoring import decision_metrics, fraud_metrics
+from apps.finance.tables import Columns, scan_table, split_frame, table_schema
+from core.errors import DataError, DeepappsError
+from core.runtime.evaluation import Evaluation
+from core.runtime.io import atomic_write
+from core.runtime.session import OnnxModel
+
+CHUNK = 262_144
+OUTPUTS = {".parquet": "sink_parquet", ".csv": "sink_csv", ".jsonl": "sink_ndjson"}
+
+
+def feeds(model: OnnxModel, enc: Encoded, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+    out = {"numeric": np.ascontiguousarray(enc.numeric[rows])}
+    if "categorical" in model.input_names:
+        out["categorical"] = np.ascontiguousarray(enc.categorical[rows])
+    return out
+
+
+def score(model: OnnxModel, enc: Encoded, rows: np.ndarray | slice = slice(None), batch: int = 65_536) -> np.ndarray:
+    """(N, 2) probabilities of the encoded rows."""
+    f = feeds(model, enc, rows)
+    n = len(f["numeric"])
+    out = [model.run({k: v[i:i + batch] for k, v in f.items()}) for i in range(0, n, batch)]
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def evaluate(model: OnnxModel, data_path: str, split: str = "test") -> Evaluation:
+    """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
+    meta = model.meta
+    spec = FeatureSpec.from_meta(meta["preprocess"])
+    data = TabularDataConfig(**meta.get("train", {}).get("data_config", {}))
+    df = load_source(data_path, data)
+    if spec.label not in df.columns:
+        raise DataError(f"{data_path}: label column {spec.label!r} not found")
+    check_columns(df.columns, spec, data_path)
+    columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
+    frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
+    if split not in frames:
+        raise DeepappsError(f"--split {split}: choose one of {sorted(frames)}")
+    part = frames[split]
+    y, _ = targets(part, spec.label, data_path, spec.positive)
+    enc = encode(part, spec)
+    if enc.bad.any():
+        raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
+    probs = score(model, enc)
+    decision = meta.get("decision", {})
+    metrics = {"split": split, "data": data_path} | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
+                                                                    decision.get("top_k", 100))
+    if meta.get("threshold") is not None:
+        metrics["decision"] = decision_metrics(y, probs[:, 1], meta["threshold"], decision.get("cost_missed", 100.0),
+                                               decision.get("cost_review", 5.0))
+    metrics["unknown_categories"] = enc.unknown
+    return Evaluation(metrics, y, probs, LABELS, problem="binary")
+
+
+# --- predict: streaming ------------------------------------------------------------------
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="CSV or Parquet table of transactions (raw columns, as in training)")
+    parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=CHUNK,
+                        help=f"rows scored per chunk (default {CHUNK}); memory stays flat whatever the file size")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="decision threshold (default: the cost-based one stored in the model)")
+    parser.add_argument("--keep", nargs="*", default=None, help="input columns copied to the output (default: ids)")
+
+
+def predict_command(app, argv: list[str]) -> int:
+    """`deepapps fraud predict --model M.onnx INPUT --out OUT.parquet`: streams, flags bad rows."""
+    from core.cli import OneLineParser
+    from core.runtime.session import load_model, say_provider
+
+    parser = OneLineParser(prog=f"deepapps {app.name} predict", allow_abbrev=False,
+                           description="score transactions with an ONNX model in streaming chunks (no torch)")
+    parser.add_argument("--model", required=True, help="deepapps fraud .onnx file")
+    parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", required=True, help="output table: .parquet, .csv or .jsonl")
+    add_predict_arguments(parser)
+    args = parser.parse_args(argv)
+    model = load_model(args.model, args.provider, app=app.name)
+    say_provider(model)
+    stats = predict_file(model, args.input, args.out, args.chunk_size, args.threshold, args.keep)
+    print(f"wrote {stats['rows']} rows to {args.out} ({stats['rows_per_s']:,.0f} rows/s); "
+          f"flagged as fraud: {stats['flagged']}; bad rows: {stats['bad']}", file=sys.stderr)
+    if stats["unknown"]:
+        print("unseen categories (scored as unknown): "
+              + ", ".join(f"{k}={v}" for k, v in stats["unknown"].items()), file=sys.stderr)
+    return 2 if stats["rows"] and stats["bad"] == stats["rows"] else 0
+
+
+def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_size: int = CHUNK,
+                 threshold: float | None = None, keep: list[str] | None = None) -> dict:
+    """Score `input` chunk by chunk into `out` (written atomically). Returns counts and speed.
+
+    Output columns: the kept columns (default: the id columns; `row`, the input row number, when
+    there are none), `score` (fraud probability),
+    `decision` (score >= threshold), `error` (why a row could not be scored, else null).
+    """
+    suffix = Path(out).suffix.lower()
+    if suffix not in OUTPUTS:
+        raise DataError(f"{out}: unsupported output type {suffix!r}; use .parquet, .csv or .jsonl")
+    if chunk_size < 1:
+        raise DeepappsError(f"--chunk-size {chunk_size}: must be at least 1")
+    spec = FeatureSpec.from_meta(model.meta["preprocess"])
+    threshold = model.meta.get("threshold") if threshold is None else threshold
+    threshold = 0.5 if threshold is None else float(threshold)
+    names = table_schema(input).names()
+    extra = check_columns(names, spec, str(input))
+    keep = [c for c in spec.ids if c in names] if keep is None else keep
+    missing = [c for c in keep if c not in names]
+    if missing:
+        raise DataError(f"{input}: --keep column(s) not found: {', '.join(missing)}")
+    ignored = [c for c in extra if c not in keep]
+    if ignored:
+        print(f"ignored columns ({len(ignored)}): {', '.join(ignored)}", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        stats = _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric=False)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        # a CSV whose numeric column holds text further down: read those columns as text, flag bad rows
+        stats = _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric=True)
+    stats["seconds"] = time.perf_counter() - start
+    stats["rows_per_s"] = stats["rows"] / stats["seconds"] if stats["seconds"] else 0.0
+    return stats
+
+
+def _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric: bool) -> dict:
+    lf = scan_table(input, spec.numeric if string_numeric else ())
+    columns = list(dict.fromkeys([*keep, *spec.numeric, *spec.categorical]))
+    stats = {"rows": 0, "bad": 0, "flagged": 0, "unknown": {}}
+    parts = Path(tempfile.mkdtemp(prefix=".deepapps-predict-", dir=Path(out).resolve().parent))
+    try:
+        for i, chunk in enumerate(lf.select(columns).collect_batches(chunk_size=chunk_size)):
+            table = _score_chunk(model, spec, chunk, threshold, keep, stats)
+            table.write_parquet(parts / f"part-{i:06d}.parquet", compression="lz4", statistics=False)
+        if stats["rows"] == 0:
+            raise DataError(f"{input}: empty table (no rows)")
+        sink = getattr(pl.scan_parquet(sorted(parts.glob("*.parquet"))), OUTPUTS[Path(out).suffix.lower()])
+        atomic_write(out, lambda tmp: sink(tmp))
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    return stats
+
+
+def _score_chunk(model, spec, chunk: pl.DataFrame, threshold: float, keep: list[str], stats: dict) -> pl.DataFrame:
+    enc = encode(chunk, spec)
+    bad = enc.bad
+    scores = np.full(chunk.height, np.nan, np.float32)
+    ok = np.flatnonzero(~bad) if bad.any() else slice(None)
+    scores[ok] = score(model, enc, ok)[:, 1]
+    decision = scores >= threshold
+    stats["rows"] += chunk.height
+    stats["bad"] += int(bad.sum())
+    stats["flagged"] += int(decision.sum())
+    for k, v in enc.unknown.items():
+        stats["unknown"][k] = stats["unknown"].get(k, 0) + v
+    stats["unknown"] = {k: v for k, v in stats["unknown"].items() if v}
+    out = pl.DataFrame({"score": pl.Series(scores).fill_nan(None), "decision": pl.Series(decision),
+                        "error": enc.errors})
+    if keep:
+        out = pl.concat([chunk.select(keep), out], how="horizontal")
+    else:  # no id column: the input row number (0-based) lets the caller join back
+        first = stats["rows"] - chunk.height
+        out = out.with_columns(pl.int_range(first, first + chunk.height, dtype=pl.Int64).alias("row")).select(
+            "row", "score", "decision", "error")
+    if bad.any():
+        out = out.with_columns(decision=pl.when(pl.col("error").is_null()).then(pl.col("decision")))
+    return out
+
+
+# --- HTTP serving adapter (core.serving): one transaction in, one decision out ----------------
+
+
+def decode_item(model: OnnxModel, item: dict) -> Encoded:
+    """One transaction as a JSON object of raw column values -> its model inputs (one row)."""
+    if not isinstance(item, dict):
+        raise DataError("expected a JSON object of column: value")
+    spec = FeatureSpec.from_meta(model.meta["preprocess"])
+    check_columns(list(item), spec, "row")
+    row = pl.DataFrame({c: [item[c]] for c in [*spec.numeric, *spec.categorical]}, strict=False)
+    enc = encode(row, spec)
+    if enc.bad.any():
+        raise DataError(enc.first_error)
+    return enc
+
+
+def run_items(model: OnnxModel, items: list[Encoded]) -> list[dict]:
+    """One ONNX Runtime call for a micro-batch of transactions."""
+    batch = Encoded(np.concatenate([e.numeric for e in items]), np.concatenate([e.categorical for e in items]),
+                    pl.Series([None] * len(items), dtype=pl.String), {})
+    scores = score(model, batch)[:, 1]
+    threshold = model.meta.get("threshold")
+    threshold = 0.5 if threshold is None else float(threshold)
+    return [{"score": round(float(s), 6), "decision": bool(s >= threshold)} for s in scores]

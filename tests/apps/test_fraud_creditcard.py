@@ -1,0 +1,25 @@
+"""Slow: the fraud app on the shared ULB credit-card SUBSET (15% fraud, not the original 0.17%)."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from core.cli import main
+from tests.helpers import shared_path
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_creditcard_subset_fit_and_predict(tmp_path):
+    data = shared_path("data", "creditcard", "creditcard_subset.csv")
+    run_dir = tmp_path / "cc"
+    assert main(["fraud", "fit", "--data.path", str(data), "--data.batch_size", "128",
+                 "--trainer.max_epochs", "15", "--run_dir", str(run_dir)]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test"]["n"] == 490 and m["test"]["auprc"] > 0.85  # test fraud share is ~11%
+    assert main(["fraud", "predict", "--model", str(run_dir / "model.onnx"), str(data), "--out", str(tmp_path / "s.csv")]) == 0
+    out = pl.read_csv(tmp_path / "s.csv")
+    assert out.columns == ["row", "score", "decision", "error"] and out.height == 3265
