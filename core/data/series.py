@@ -1,0 +1,118 @@
+"""Series DataModule: stride-1 windows over z-scored series (train statistics), per split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from core.errors import DataError
+from core.forecast_config import SeriesDataConfig
+from core.runtime.series import SeriesTable, load_table, season_length, split_ranges, window_starts
+
+
+class WindowDataset(Dataset):
+    """(history (L, C), future (H, C)) windows, z-scored, from several series."""
+
+    def __init__(self, values: list[torch.Tensor], index: np.ndarray, look_back: int, horizon: int):
+        self.values, self.index, self.look_back, self.horizon = values, index, look_back, horizon
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        series, start = self.index[i]
+        window = self.values[series][start : start + self.look_back + self.horizon]  # (L+H, C)
+        return window[: self.look_back], window[self.look_back :]
+
+
+class SeriesDataModule(L.LightningDataModule):
+    """Reads the table once; z-score statistics come from the training part of every series."""
+
+    def __init__(self, cfg: SeriesDataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.table: SeriesTable = load_table(cfg.path, cfg.timestamp, cfg.target, cfg.id_column, cfg.freq, cfg.fill)
+        self.ranges = [
+            split_ranges(len(s.values), cfg.split, self.table.freq, cfg.val_fraction, cfg.test_fraction)
+            for s in self.table.series
+        ]
+        train = np.concatenate([s.values[: r["train"][1]] for s, r in zip(self.table.series, self.ranges)])
+        self.mean = train.mean(axis=0).astype(np.float64)  # (C,)
+        self.std = np.maximum(train.std(axis=0), 1e-8).astype(np.float64)  # (C,)
+        self.normalized = [torch.from_numpy(((s.values - self.mean) / self.std).astype(np.float32)) for s in self.table.series]
+        self.index = {split: self._index(split) for split in ("train", "val", "test")}
+        if len(self.index["train"]) == 0:
+            shortest = min(self.table.series, key=lambda s: len(s.values))
+            need = cfg.look_back + cfg.horizon
+            raise DataError(
+                f"{cfg.path}: no training window: series {shortest.id or '(single)'} has {len(shortest.values)} "
+                f"steps, its training part needs at least {need} (look_back + horizon)"
+            )
+
+    def _index(self, split: str) -> np.ndarray:
+        """(series, start) pairs of every window of `split`, (N, 2)."""
+        parts = [
+            np.stack([np.full(len(st), k), st], axis=1)
+            for k, r in enumerate(self.ranges)
+            if len(st := window_starts(r[split], self.cfg.look_back, self.cfg.horizon))
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+    @property
+    def targets(self) -> list[str]:
+        return self.table.targets
+
+    @property
+    def labels(self) -> list[str]:
+        return self.table.targets
+
+    @property
+    def multilabel(self) -> bool:
+        return False
+
+    @property
+    def season(self) -> int:
+        return self.cfg.season_length or season_length(self.table.freq)
+
+    def class_weights(self, mode: str | None) -> None:
+        return None
+
+    def summary(self) -> dict:
+        """Source, frequency, split sizes (windows), notes (model card, metadata)."""
+        notes = list(self.table.notes) + [
+            f"{len(self.table.series)} series, {len(self.targets)} target columns, frequency {self.table.freq}; "
+            f"z-score with training statistics; windows of {self.cfg.look_back} -> {self.cfg.horizon} steps, stride 1"
+        ]
+        return {
+            "source": self.cfg.path,
+            "labels": [],
+            "targets": self.targets,
+            "freq": self.table.freq,
+            "sizes": {split: int(len(idx)) for split, idx in self.index.items()},
+            "notes": notes,
+        }
+
+    def dataset(self, split: str) -> WindowDataset:
+        return WindowDataset(self.normalized, self.index[split], self.cfg.look_back, self.cfg.horizon)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.cfg.batch_size, shuffle=shuffle,
+                          num_workers=self.cfg.num_workers, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def example_batch(self, n: int = 8) -> tuple[torch.Tensor]:
+        """n raw (not z-scored) validation histories (n, L, C), as the exported graph takes them."""
+        split = "val" if len(self.index["val"]) else "train"
+        picks = self.index[split][np.linspace(0, len(self.index[split]) - 1, n).astype(int)]
+        raw = [self.table.series[k].values[s : s + self.cfg.look_back] for k, s in picks]
+        return (torch.from_numpy(np.stack(raw).astype(np.float32)),)

@@ -1,0 +1,229 @@
+"""Serving side of forecasting: backtest and predict with ONNX Runtime only (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from core.errors import DataError, DeepappsError
+from core.runtime import baselines
+from core.runtime.series import (
+    future_timestamps, load_table, prepare_frame, read_frame, season_length, split_ranges, window_starts, windows,
+)
+from core.runtime.session import OnnxModel
+
+BASELINES = ("last_value", "seasonal_naive", "ets")
+
+
+@dataclass
+class ForecastEvaluation:
+    """Backtest metrics plus what the report plots: a few windows and error by horizon step."""
+
+    metrics: dict
+    quantiles: list[float]
+    targets: list[str]
+    histories: np.ndarray  # (K, L, C) raw, K sample windows
+    actuals: np.ndarray  # (K, H, C) raw
+    forecasts: np.ndarray  # (K, H, C, Q) raw
+    mse_by_step: dict[str, list[float]] = field(default_factory=dict)  # name -> (H,) on the z-scale
+
+
+def forecast(model: OnnxModel, histories: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Quantiles (N, H, C, Q) for raw histories (N, L, C)."""
+    name = model.meta["inputs"][0]["name"]
+    out = [model.run({name: np.ascontiguousarray(histories[i : i + batch_size], dtype=np.float32)})
+           for i in range(0, len(histories), batch_size)]
+    return np.concatenate(out)
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ForecastEvaluation:
+    """Rolling-origin backtest (stride 1) over every window of `split`, against baselines.
+
+    MSE and MAE are on the z-scale of the training statistics (the ETT protocol); MASE and
+    sMAPE on the raw scale; coverage and width of the outer quantile interval.
+    """
+    pre = model.meta["preprocess"]
+    data = model.meta.get("train", {}).get("data_config", {})
+    if split not in ("train", "val", "test"):
+        raise DeepappsError(f"--split {split}: choose train, val or test")
+    L, H, qs = pre["look_back"], pre["horizon"], pre["quantiles"]
+    table = load_table(data_path, pre["timestamp"], pre["targets"], pre["id_column"], pre["freq"], pre["fill"])
+    ranges = [split_ranges(len(s.values), data.get("split", "fractions"), table.freq, data.get("val_fraction", 0.1),
+                           data.get("test_fraction", 0.2)) for s in table.series]
+    train = np.concatenate([s.values[: r["train"][1]] for s, r in zip(table.series, ranges)]).astype(np.float64)
+    mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)  # (C,), as in fit
+    season = pre.get("season_length") or season_length(table.freq)
+    xs, ys = [], []
+    for s, r in zip(table.series, ranges):
+        x, y = windows(s.values, window_starts(r[split], L, H), L, H)
+        xs.append(x)
+        ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.float64)  # (N, L, C), (N, H, C)
+    if len(x) == 0:
+        raise DataError(f"{data_path}: no {split} window of {L} + {H} steps")
+    q = forecast(model, x, batch_size).astype(np.float64)  # (N, H, C, Q)
+    median = q[..., qs.index(0.5)]
+    points = {"model": median,
+              "last_value": baselines.last_value(x, H),
+              "seasonal_naive": baselines.seasonal_naive(x, H, season)}
+    params = baselines.fit_ets_params(train, season)
+    points["ets"] = baselines.ets(x, H, season, params)
+    scale = _mase_scale(table, ranges, season)  # (C,)
+    metrics = {"split": split, "data": data_path, "windows": int(len(x)), "look_back": L, "horizon": H,
+               "season_length": season}
+    metrics |= point_metrics(median, y, mean, std, scale)
+    lo, hi = q[..., 0], q[..., -1]
+    metrics["coverage"] = float(np.mean((y >= lo) & (y <= hi)))
+    metrics["nominal_coverage"] = round(qs[-1] - qs[0], 6)
+    metrics["interval_width"] = float(np.mean((hi - lo) / std))
+    metrics["baselines"] = {name: point_metrics(points[name], y, mean, std, scale) for name in BASELINES}
+    by_step = {name: np.mean(((p - y) / std) ** 2, axis=(0, 2)).tolist() for name, p in points.items()}
+    picks = np.linspace(0, len(x) - 1, min(4, len(x))).astype(int)
+    return ForecastEvaluation(metrics, qs, pre["targets"], x[picks], y[picks], q[picks], by_step)
+
+
+def point_metrics(pred: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray) -> dict:
+    """mse, mae (z-scale), mase, smape (raw scale, percent) of point forecasts (N, H, C)."""
+    z_err = (pred - y) / std
+    abs_err = np.abs(pred - y)
+    denom = np.abs(y) + np.abs(pred)
+    smape = np.where(denom > 0, 2 * abs_err / np.where(denom > 0, denom, 1), 0.0)
+    return {
+        "mse": float(np.mean(z_err**2)),
+        "mae": float(np.mean(np.abs(z_err))),
+        "mase": float(np.mean(abs_err.mean(axis=(0, 1)) / scale)),
+        "smape": float(100 * np.mean(smape)),
+    }
+
+
+def _mase_scale(table, ranges: list[dict], season: int) -> np.ndarray:
+    """Per channel: mean |y_t - y_{t-m}| over the training parts (m = 1 when too short)."""
+    diffs = []
+    for s, r in zip(table.series, ranges):
+        train = s.values[: r["train"][1]].astype(np.float64)
+        m = season if len(train) > season else 1
+        if len(train) > m:
+            diffs.append(np.abs(train[m:] - train[:-m]))
+    scale = np.concatenate(diffs).mean(axis=0) if diffs else np.ones(len(table.targets))
+    return np.maximum(scale, 1e-8)
+
+
+# --- predict -------------------------------------------------------------------------------
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("history", help="CSV or Parquet history with the training columns; the latest "
+                        "look-back of each series is forecast")
+    parser.add_argument("--series", help="comma-separated series ids to forecast (default: every series)")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=256)
+
+
+def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
+    """Forecast the next H steps of every series; a series that cannot be forecast is an error row.
+
+    Rows: series_id, timestamp, target, step, one column per quantile (p10, p50, ...), filled, error.
+    """
+    pre = model.meta["preprocess"]
+    L, H, qs, targets = pre["look_back"], pre["horizon"], pre["quantiles"], pre["targets"]
+    if not pre.get("freq"):
+        raise DeepappsError(f"{model.path}: the model does not record its data frequency")
+    df = read_frame(args.history)
+    id_col = pre["id_column"]
+    for column in [pre["timestamp"], *targets, *([id_col] if id_col else [])]:
+        if column not in df.columns:
+            raise DataError(f"{args.history}: no column {column!r} (the model needs {', '.join([pre['timestamp'], *targets])})")
+    ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
+    df = df.with_columns(ids.alias("__sid"))
+    present = list(dict.fromkeys(df["__sid"].to_list()))
+    wanted = [s.strip() for s in args.series.split(",")] if args.series else present
+    rows, ok_ids, histories, lasts, filled = [], [], [], [], []
+    for sid in wanted:
+        try:
+            if sid not in present:
+                raise DataError(f"unknown series id {sid!r}: not in {args.history}")
+            part = df.filter(pl.col("__sid") == sid).drop("__sid")
+            table = prepare_frame(part, args.history, pre["timestamp"], targets, id_col, pre["freq"], pre["fill"])
+            series = table.series[0]
+            if len(series.values) < L:
+                raise DataError(f"series {sid or '(single)'} has {len(series.values)} steps; the model needs {L} (look-back)")
+            window = series.values[-L:]
+            if not np.isfinite(window).all():
+                raise DataError(f"series {sid or '(single)'}: non-finite values in the latest window")
+            histories.append(window)
+            lasts.append(series.timestamps[-1])
+            filled.append(int(series.filled))
+            ok_ids.append(sid)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            rows.append(_error_row(sid, str(exc), qs))
+    if histories:
+        quantiles = forecast(model, np.stack(histories), args.batch_size)  # (S, H, C, Q)
+        for sid, last, n_filled, q in zip(ok_ids, lasts, filled, quantiles):
+            stamps = future_timestamps(last, pre["freq"], H)
+            for c, target in enumerate(targets):
+                for h in range(H):
+                    rows.append({"series_id": sid, "timestamp": stamps[h], "target": target, "step": h + 1}
+                                | {_qname(level): float(q[h, c, k]) for k, level in enumerate(qs)}
+                                | {"filled": n_filled, "error": None})
+    order = {sid: i for i, sid in enumerate(wanted)}
+    rows.sort(key=lambda r: order[r["series_id"]])
+    schema = {"series_id": pl.String, "timestamp": pl.Datetime("us"), "target": pl.String, "step": pl.Int64,
+              **{_qname(level): pl.Float64 for level in qs}, "filled": pl.Int64, "error": pl.String}
+    failures = sum(1 for r in rows if r["error"])
+    return pl.DataFrame(rows, schema=schema), failures
+
+
+def _qname(level: float) -> str:
+    return f"p{100 * level:g}"
+
+
+def _error_row(sid: str, error: str, qs: list[float]) -> dict:
+    return {"series_id": sid, "timestamp": None, "target": None, "step": None,
+            **{_qname(level): None for level in qs}, "filled": None, "error": error}
+
+
+# --- HTTP serving adapter (core.serving): one history window in, its quantiles out ----------
+
+
+def decode_item(model: OnnxModel, item: dict) -> tuple[np.ndarray, str | None]:
+    """`{"history": [[v_1..v_C] x L], "last_timestamp": "..."?}` -> ((L, C) window, last time)."""
+    pre = model.meta["preprocess"]
+    L, C = pre["look_back"], len(pre["targets"])
+    if not isinstance(item, dict) or "history" not in item:
+        raise DataError(f'expected {{"history": [[...{C} values] x {L} rows], "last_timestamp": optional}}')
+    try:
+        window = np.asarray(item["history"], dtype=np.float32).reshape(-1, C) if C == 1 else np.asarray(
+            item["history"], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DataError("history: not a list of numbers") from None
+    if window.shape != (L, C):
+        raise DataError(f"history: shape {window.shape}, the model needs ({L}, {C}) = look-back x targets")
+    if not np.isfinite(window).all():
+        raise DataError("history: NaN or infinite values")
+    return window, item.get("last_timestamp")
+
+
+def run_items(model: OnnxModel, items: list[tuple[np.ndarray, str | None]]) -> list[dict]:
+    """One ONNX Runtime call for a micro-batch of windows."""
+    pre = model.meta["preprocess"]
+    quantiles = forecast(model, np.stack([w for w, _ in items]))  # (N, H, C, Q)
+    out = []
+    for (_, last), q in zip(items, quantiles):
+        result = {"targets": pre["targets"]} | {
+            _qname(level): np.round(q[..., k].astype(np.float64), 6).tolist() for k, level in enumerate(pre["quantiles"])
+        }
+        if last and pre.get("freq"):
+            try:
+                stamps = future_timestamps(np.datetime64(last), pre["freq"], pre["horizon"])
+                result["timestamps"] = [str(s) for s in stamps]
+            except ValueError:
+                result["timestamps_error"] = f"last_timestamp {last!r} is not a timestamp"
+        out.append(result)
+    return out

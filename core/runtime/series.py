@@ -1,0 +1,295 @@
+"""Time series tables -> regular, gap-filled arrays, splits and windows. Torch-free.
+
+Shared by training (core.data.series) and serving (core.runtime.forecasting), so both see the
+same frequency, the same filled values, the same split borders and the same windows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from core.errors import ConfigError, DataError
+
+FILL_METHODS = ("linear", "ffill", "zero", "none")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_CALENDAR_UNITS = ("mo", "q", "y")
+
+
+@dataclass
+class Series:
+    """One regular series: timestamps (T,) and values (T, C) after gap filling."""
+
+    id: str
+    timestamps: np.ndarray  # (T,) datetime64[us]
+    values: np.ndarray  # (T, C) float32
+    filled: int = 0  # values filled (missing steps and nulls)
+
+
+@dataclass
+class SeriesTable:
+    """Every series of one file, with the columns and frequency they share."""
+
+    series: list[Series]
+    targets: list[str]
+    freq: str
+    notes: list[str] = field(default_factory=list)
+
+    def by_id(self) -> dict[str, Series]:
+        return {s.id: s for s in self.series}
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def read_frame(path: str) -> pl.DataFrame:
+    """A CSV/Parquet file as a polars frame, or a builtin series."""
+    if path == "builtin:co2":
+        return _co2()
+    if path.startswith("builtin:"):
+        raise ConfigError(f"--data.path {path}: unknown builtin; use builtin:co2")
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        if file.suffix.lower() == ".parquet":
+            return pl.read_parquet(file)
+        if file.suffix.lower() in (".csv", ".txt"):
+            return pl.read_csv(file, infer_schema_length=10000, try_parse_dates=False)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0][:160]})") from None
+    raise DataError(f"{path}: unsupported file type {file.suffix!r}; use .csv or .parquet")
+
+
+def _co2() -> pl.DataFrame:
+    """Weekly atmospheric CO2 at Mauna Loa (ppm), 1958-2001, as shipped by statsmodels."""
+    from statsmodels.datasets import co2
+
+    data = co2.load_pandas().data
+    return pl.DataFrame({"date": data.index.to_numpy().astype("datetime64[us]"), "co2": data["co2"].to_numpy()})
+
+
+def load_table(
+    path: str, timestamp: str, targets: list[str] | None = None, id_column: str | None = None,
+    freq: str | None = None, fill: str = "linear",
+) -> SeriesTable:
+    """Read, check, sort, de-duplicate, regularise and fill every series of a file.
+
+    Raises:
+        DataError: missing columns, unparseable timestamps, non-numeric targets, gaps with fill `none`.
+    """
+    if fill not in FILL_METHODS:
+        raise ConfigError(f"--data.fill {fill}: choose one of {', '.join(FILL_METHODS)}")
+    df = read_frame(path)
+    return prepare_frame(df, path, timestamp, targets, id_column, freq, fill)
+
+
+def prepare_frame(
+    df: pl.DataFrame, source: str, timestamp: str, targets: list[str] | None, id_column: str | None,
+    freq: str | None, fill: str,
+) -> SeriesTable:
+    """`load_table` on a frame already in memory (`source` names it in errors)."""
+    for column in [timestamp, *(targets or []), *([id_column] if id_column else [])]:
+        if column not in df.columns:
+            raise DataError(f"{source}: no column {column!r} (columns: {', '.join(df.columns[:12])})")
+    if df.height == 0:
+        raise DataError(f"{source}: no rows")
+    df = df.with_columns(_parse_timestamps(df[timestamp], source))
+    if targets is None:
+        skip = {timestamp, id_column}
+        targets = [c for c, t in df.schema.items() if c not in skip and t.is_numeric()]
+        if not targets:
+            raise DataError(f"{source}: no numeric target columns besides {timestamp!r}")
+    df = df.with_columns(_numeric(df[c], source) for c in targets)
+    ids = df[id_column].cast(pl.String) if id_column else pl.Series([""] * df.height)
+    df = df.with_columns(ids.alias("__id")).select("__id", timestamp, *targets)
+    notes = []
+    backwards = df.select((pl.col(timestamp).diff().over("__id").dt.total_microseconds() < 0).any()).item()
+    if backwards:
+        notes.append("rows were not in time order: sorted")
+    df = df.sort("__id", timestamp)
+    dupes = df.height - df.unique(["__id", timestamp], keep="last", maintain_order=True).height
+    if dupes:
+        df = df.unique(["__id", timestamp], keep="last", maintain_order=True)
+        notes.append(f"{dupes} duplicate timestamps: kept the last row of each")
+    freq = freq or infer_freq(df, timestamp, source)
+    series = [_regular(part, timestamp, targets, freq, fill, source) for part in df.partition_by("__id", maintain_order=True)]
+    filled = sum(s.filled for s in series)
+    if filled:
+        notes.append(f"{filled} missing values filled ({fill}) over {len(series)} series")
+    return SeriesTable(series, list(targets), freq, notes)
+
+
+def _parse_timestamps(column: pl.Series, source: str) -> pl.Series:
+    if column.dtype == pl.Datetime:
+        return column.cast(pl.Datetime("us"))
+    if column.dtype == pl.Date:
+        return column.cast(pl.Datetime("us"))
+    if column.dtype != pl.String:
+        raise DataError(f"{source}: timestamp column {column.name!r} is {column.dtype}, not dates or text")
+    try:
+        parsed = column.str.to_datetime(strict=False, time_unit="us")
+    except pl.exceptions.PolarsError:  # no format fits any value
+        parsed = pl.Series(column.name, [None] * len(column), dtype=pl.Datetime("us"))
+    bad = parsed.is_null() & column.is_not_null()
+    if bad.any() or parsed.is_null().any():
+        first = column.filter(bad | parsed.is_null())[0]
+        raise DataError(f"{source}: timestamp column {column.name!r} has unparseable value {first!r}")
+    return parsed
+
+
+def _numeric(column: pl.Series, source: str) -> pl.Series:
+    if column.dtype.is_numeric():
+        return column.cast(pl.Float64).fill_nan(None)
+    cast = column.cast(pl.Float64, strict=False)
+    bad = cast.is_null() & column.is_not_null()
+    if bad.any():
+        raise DataError(f"{source}: target column {column.name!r} is not numeric (e.g. {column.filter(bad)[0]!r})")
+    return cast.fill_nan(None)
+
+
+def _regular(part: pl.DataFrame, timestamp: str, targets: list[str], freq: str, fill: str, source: str) -> Series:
+    """One series on its regular grid; missing steps and null values filled."""
+    sid = part["__id"][0]
+    grid = part.select(timestamp).upsample(timestamp, every=freq)
+    off_grid = part.height - part.join(grid, on=timestamp, how="semi").height
+    if off_grid:
+        raise DataError(f"{source}: series {sid or '(single)'} has {off_grid} timestamps off its {freq} grid")
+    full = grid.join(part.drop("__id"), on=timestamp, how="left")
+    missing = int(sum(full[c].is_null().sum() for c in targets))
+    if missing and fill == "none":
+        raise DataError(f"{source}: series {sid or '(single)'} has {missing} missing values and --data.fill is none")
+    values = fill_missing(full.select(targets).to_numpy().astype(np.float64), fill)
+    ts = full[timestamp].to_numpy().astype("datetime64[us]")
+    return Series(sid, ts, values.astype(np.float32), missing)
+
+
+def fill_missing(values: np.ndarray, method: str) -> np.ndarray:
+    """Fill NaN in (T, C) along time: linear interpolation, forward fill, or zeros."""
+    values = np.array(values, dtype=np.float64)
+    if not np.isnan(values).any() or method == "none":
+        return values
+    if method == "zero":
+        return np.nan_to_num(values, nan=0.0)
+    steps = np.arange(len(values))
+    for c in range(values.shape[1]):
+        col, ok = values[:, c], ~np.isnan(values[:, c])
+        if not ok.any():
+            col[:] = 0.0
+        elif method == "linear":
+            col[~ok] = np.interp(steps[~ok], steps[ok], col[ok])
+        else:  # ffill, then backfill the head
+            idx = np.where(ok, steps, 0)
+            np.maximum.accumulate(idx, out=idx)
+            col[:] = col[idx]
+            col[: np.argmax(ok)] = col[np.argmax(ok)]
+    return values
+
+
+# --- frequency and season ------------------------------------------------------------------
+
+
+def infer_freq(df: pl.DataFrame, timestamp: str, source: str) -> str:
+    """The most common step between consecutive timestamps, as a polars duration string."""
+    diffs = df.select(pl.col(timestamp).diff().over("__id").dt.total_seconds().alias("d")).drop_nulls()["d"]
+    diffs = diffs.filter(diffs > 0)
+    if diffs.len() == 0:
+        raise DataError(f"{source}: cannot infer a frequency (fewer than two distinct timestamps per series)")
+    step = int(diffs.mode().sort()[0])
+    days = step / 86400
+    if 28 <= days <= 31:
+        return "1mo"
+    if 89 <= days <= 92:
+        return "1q"
+    if 365 <= days <= 366:
+        return "1y"
+    for unit in ("w", "d", "h", "m", "s"):
+        if step % _UNIT_SECONDS[unit] == 0:
+            return f"{step // _UNIT_SECONDS[unit]}{unit}"
+    raise DataError(f"{source}: irregular time step of {step} s")
+
+
+def parse_freq(freq: str) -> tuple[int, str]:
+    match = re.fullmatch(r"(\d+)(mo|q|y|w|d|h|m|s)", freq)
+    if not match:
+        raise ConfigError(f"--data.freq {freq}: use a polars duration like 1h, 15m, 1d, 1w, 1mo")
+    return int(match.group(1)), match.group(2)
+
+
+def freq_seconds(freq: str) -> int | None:
+    """Seconds per step, or None for calendar steps (months, quarters, years)."""
+    n, unit = parse_freq(freq)
+    return None if unit in _CALENDAR_UNITS else n * _UNIT_SECONDS[unit]
+
+
+def season_length(freq: str) -> int:
+    """Steps per natural season: a day below daily, a week for days, a year above."""
+    n, unit = parse_freq(freq)
+    per_year = {"mo": 12, "q": 4, "y": 1, "w": 52}
+    if unit in per_year:
+        return max(1, per_year[unit] // n)
+    seconds = freq_seconds(freq)
+    if seconds < 86400:
+        return max(1, 86400 // seconds)
+    return max(1, 7 // (seconds // 86400))
+
+
+def future_timestamps(last: np.datetime64, freq: str, horizon: int) -> list:
+    """The `horizon` timestamps after `last`, calendar-aware for months and years."""
+    n, unit = parse_freq(freq)
+    if unit == "q":  # polars has no quarter unit
+        n, unit = 3 * n, "mo"
+    offsets = pl.Series([f"{k * n}{unit}" for k in range(1, horizon + 1)])
+    start = pl.Series(np.array([last], dtype="datetime64[us]"))[0]
+    return pl.select(pl.lit(start).dt.offset_by(offsets)).to_series().to_list()
+
+
+# --- splits and windows ---------------------------------------------------------------------
+
+
+def split_sizes(n: int, split: str, freq: str, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) time steps of a series of length n.
+
+    `ett` is the ETT protocol: 12/4/4 months of 30 days (8640/2880/2880 hours for ETTh).
+    """
+    if split == "ett":
+        seconds = freq_seconds(freq)
+        if seconds is None or (30 * 86400) % seconds:
+            raise ConfigError(f"--data.split ett needs a step that divides a day, not {freq}")
+        month = 30 * 86400 // seconds
+        sizes = (12 * month, 4 * month, 4 * month)
+        if sum(sizes) > n:
+            raise DataError(f"--data.split ett needs {sum(sizes)} steps, the series has {n}")
+        return sizes
+    if split != "fractions":
+        raise ConfigError(f"--data.split {split}: choose ett or fractions")
+    n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_ranges(n: int, split: str, freq: str, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
+    """Target ranges [a, b) per split: a window's forecast must lie inside its split's range."""
+    n_train, n_val, n_test = split_sizes(n, split, freq, val_fraction, test_fraction)
+    return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n_train + n_val + n_test)}
+
+
+def window_starts(target_range: tuple[int, int], look_back: int, horizon: int) -> np.ndarray:
+    """Start s of every window (stride 1) whose forecast [s+L, s+L+H) lies in target_range.
+
+    The look-back may reach into the previous split, as in the ETT protocol (border1 = a - L).
+    """
+    a, b = target_range
+    first = max(a - look_back, 0)
+    last = b - look_back - horizon
+    return np.arange(first, last + 1) if last >= first else np.zeros(0, dtype=np.int64)
+
+
+def windows(values: np.ndarray, starts: np.ndarray, look_back: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs (N, L, C), targets (N, H, C)) of the windows starting at `starts` (views, no copy)."""
+    view = np.lib.stride_tricks.sliding_window_view(values, look_back + horizon, axis=0)  # (T', C, L+H)
+    chosen = view[starts].transpose(0, 2, 1)  # (N, L+H, C)
+    return chosen[:, :look_back], chosen[:, look_back:]

@@ -1,0 +1,85 @@
+"""Forecasting LightningModule: pinball loss over quantiles, the median as the point forecast."""
+
+from __future__ import annotations
+
+import pytorch_lightning as L
+import torch
+from torch import nn
+
+from core.config import OptimConfig
+from core.tasks.classification import _Schedule
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Mean quantile (pinball) loss; pred (B, H, C, Q), target (B, H, C), quantiles (Q,)."""
+    error = target[..., None] - pred  # (B, H, C, Q)
+    return torch.maximum(quantiles * error, (quantiles - 1) * error).mean()
+
+
+class ForecastTask(L.LightningModule):
+    """Trains a z-scored window -> quantiles network; logs MSE/MAE of the median on the z-scale.
+
+    Args:
+        net: (B, L, C) -> (B, H, C, Q).
+        quantiles: the Q quantile levels, 0.5 among them.
+        optim: optimiser and schedule settings.
+        mse_weight: weight of an extra MSE term on the median.
+        hparams: JSON-able run description saved in checkpoints.
+    """
+
+    def __init__(self, net: nn.Module, quantiles: list[float], optim: OptimConfig, mse_weight: float = 0.0,
+                 hparams: dict | None = None, labels: list[str] | None = None):
+        super().__init__()
+        self.save_hyperparameters({"run": hparams or {}, "labels": labels or [], "multilabel": False})
+        self.net, self.optim, self.mse_weight = net, optim, mse_weight
+        self.register_buffer("quantiles", torch.tensor(quantiles, dtype=torch.float32), persistent=False)
+        self.median = quantiles.index(0.5)
+        self.lo, self.hi = 0, len(quantiles) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = pinball_loss(pred.float(), target, self.quantiles)
+        if self.mse_weight:
+            loss = loss + self.mse_weight * torch.mean((pred[..., self.median].float() - target) ** 2)
+        return loss
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (B, L, C), (B, H, C)
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def _evaluate(self, batch: tuple, prefix: str) -> None:
+        x, y = batch
+        pred = self(x).float()  # (B, H, C, Q)
+        median = pred[..., self.median]
+        inside = (y >= pred[..., self.lo]) & (y <= pred[..., self.hi])
+        values = {
+            "loss": self.loss(pred, y),
+            "mse": torch.mean((median - y) ** 2),
+            "mae": torch.mean(torch.abs(median - y)),
+            "coverage": inside.float().mean(),
+        }
+        for name, value in values.items():
+            self.log(f"{prefix}/{name}", value, batch_size=len(x), sync_dist=True, prog_bar=name == "mse")
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict:
+        """AdamW (no decay on biases and norms) with the shared warm-up/cosine schedule."""
+        decay = [p for p in self.parameters() if p.ndim > 1]
+        rest = [p for p in self.parameters() if p.ndim <= 1]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=self.optim.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * self.optim.warmup_fraction) if self.optim.schedule == "cosine" else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(self.optim.schedule, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
