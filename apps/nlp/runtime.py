@@ -1,0 +1,156 @@
+"""Serving side of text classification: predict, evaluate and the HTTP adapter, with
+`tokenizers` + ONNX Runtime only (never torch or transformers)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from apps.nlp.table import read_frame, read_labelled, stratified_split
+from apps.nlp.tokens import encode, load_tokenizer, pad
+from core.errors import DataError, DeepappsError
+from core.runtime.image_classification import Evaluation, prediction
+from core.runtime.session import OnnxModel
+
+log = logging.getLogger("deepapps.nlp")
+
+
+def tokenizer_of(model: OnnxModel):
+    pre = model.meta["preprocess"]
+    return load_tokenizer(pre["tokenizer_json"], int(pre["max_length"]))
+
+
+def score_ids(model: OnnxModel, seqs: list[list[int]], batch_size: int = 32) -> np.ndarray:
+    """Probabilities (N, K) for token-id sequences; batched by length to pad little."""
+    pad_id = int(model.meta["preprocess"]["pad_id"])
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    probs = np.zeros((len(seqs), len(model.labels)), np.float32)
+    for start in range(0, len(seqs), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = pad([seqs[i] for i in rows], pad_id)  # (B, T) each
+        probs[rows] = model.run({"input_ids": ids, "attention_mask": mask})
+    return probs
+
+
+def score_texts(model: OnnxModel, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, int]:
+    """(probabilities (N, K), number of texts truncated to max_length)."""
+    seqs, truncated = encode(tokenizer_of(model), texts)
+    return score_ids(model, seqs, batch_size), truncated
+
+
+# --- predict -------------------------------------------------------------------------------
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", help="text file (one text per line) or CSV/TSV/Parquet/JSONL table")
+    parser.add_argument("--text", action="append", default=[], help="a text to score (repeat for several)")
+    parser.add_argument("--column", default="text", help="text column of a table input")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+
+
+def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
+    """(source, text or None, error) per item; a non-UTF-8 line or empty text is an error item."""
+    items = [("--text", t, "") for t in args.text]
+    for path in args.inputs:
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"{path}: no such file")
+        if file.suffix.lower() in (".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".json"):
+            frame = read_frame(path, [args.column])
+            texts = frame[args.column].cast(pl.String).to_list()
+            items += [(f"{path}:{i + 2 if file.suffix.lower() in ('.csv', '.tsv') else i + 1}", t, "")
+                      for i, t in enumerate(texts)]
+            continue
+        for i, raw in enumerate(file.read_bytes().splitlines()):
+            try:
+                items.append((f"{path}:{i + 1}", raw.decode("utf-8"), ""))
+            except UnicodeDecodeError as exc:
+                items.append((f"{path}:{i + 1}", None, f"line {i + 1}: not UTF-8 (byte {exc.start})"))
+    if not items:
+        raise DataError("nothing to predict: give --text \"...\" or a file")
+    return items
+
+
+def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
+    """Score every text; empty or undecodable ones become error rows. Returns (table, failures)."""
+    items = read_inputs(args)
+    rows = []
+    for source, text, error in items:
+        if not error and (text is None or not text.strip()):
+            error = "empty text"
+        rows.append({"source": source, "text": text, "error": error})
+    ok = [i for i, r in enumerate(rows) if not r["error"]]
+    probs, truncated = score_texts(model, [rows[i]["text"] for i in ok], args.batch_size)
+    if truncated:
+        print(f"warning: {truncated} texts longer than {model.meta['preprocess']['max_length']} tokens "
+              "were truncated", file=sys.stderr)
+    for i, p in zip(ok, probs):
+        top = int(np.argmax(p))
+        rows[i] |= {"label": model.labels[top], "probability": round(float(p[top]), 6)}
+        rows[i] |= {f"p_{name}": round(float(v), 6) for name, v in zip(model.labels, p)}
+    for r in rows:
+        if r["error"]:
+            print(f"error: {r['source']}: {r['error']}", file=sys.stderr)
+    schema = {"source": pl.String, "text": pl.String, "label": pl.String, "probability": pl.Float64}
+    schema |= {f"p_{name}": pl.Float64 for name in model.labels} | {"error": pl.String}
+    table = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+    return table, sum(1 for r in rows if r["error"])
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
+    """Metrics of the ONNX model on `split` of the data, carved exactly as in fit."""
+    from core.metrics import classification_metrics
+
+    cfg = model.meta.get("train", {}).get("data_config", {})
+    table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),
+                          cfg.get("label_names"), labels=model.labels)
+    if split == "all":
+        rows = np.arange(len(table.texts))
+    else:
+        splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
+                                  cfg.get("split_seed", 0))
+        if split not in splits:
+            raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
+        rows = splits[split]
+    if not len(rows):
+        raise DataError(f"{data_path}: the {split} split is empty")
+    probs, _ = score_texts(model, [table.texts[i] for i in rows], batch_size)
+    targets = table.targets[rows]
+    metrics = {"split": split, "data": data_path} | classification_metrics(model.meta["task"], targets, probs,
+                                                                           model.labels)
+    return Evaluation(metrics, targets, probs, model.labels, model.meta["task"])
+
+
+# --- HTTP serving adapter (core.serving) ---------------------------------------------------
+
+
+def decode_item(model: OnnxModel, item: dict | bytes) -> list[int]:
+    """`{"text": "..."}` (or raw UTF-8 bytes) -> token ids.
+
+    Raises:
+        DataError: one line saying what is wrong with the item.
+    """
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            item = {"text": bytes(item).decode("utf-8")}
+        except UnicodeDecodeError:
+            raise DataError("text: not UTF-8") from None
+    if not isinstance(item, dict) or set(item) != {"text"} or not isinstance(item["text"], str):
+        raise DataError(f"expected {{\"text\": \"...\"}}, got {sorted(item) if isinstance(item, dict) else type(item).__name__}")
+    if not item["text"].strip():
+        raise DataError("text: empty")
+    return encode(tokenizer_of(model), [item["text"]])[0][0]
+
+
+def run_items(model: OnnxModel, items: list[list[int]]) -> list[dict]:
+    """One ONNX Runtime call for a micro-batch: items of different lengths padded together."""
+    probs = score_ids(model, items, batch_size=max(1, len(items)))
+    return [prediction(p, model) for p in probs]

@@ -1,0 +1,72 @@
+"""Text classifier speed, side by side in one process: PyTorch eager vs ORT fp32 vs ORT int8.
+
+    python benchmarks/nlp_ort_vs_torch.py --model runs/nlp/<run>/model.onnx [--int8 model.int8.onnx]
+        [--shapes 1x64 32x128] [--repeats 20]
+
+Torch eager is the same fine-tuned network, rebuilt from the run's best checkpoint. Inputs are
+real token ids (a tokenised review repeated to the length), identical for every engine. Prints
+the median latency per batch and the ratios the nlp issue asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    from apps.nlp import APP
+    from apps.nlp.runtime import tokenizer_of
+    from core.config import from_dict
+    from core.runtime.session import load_model
+    from core.training import checkpoint_config, load_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--int8", help="default: <model>.int8.onnx when it exists")
+    parser.add_argument("--ckpt", help="default: checkpoints/best.ckpt beside the model")
+    parser.add_argument("--shapes", nargs="+", default=["1x64", "32x128"])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    model_path = Path(args.model)
+    int8_path = Path(args.int8) if args.int8 else model_path.with_suffix(".int8.onnx")
+    ckpt = Path(args.ckpt) if args.ckpt else model_path.parent / "checkpoints" / "best.ckpt"
+    fp32 = load_model(model_path, "cpu", app="nlp")
+    int8 = load_model(int8_path, "cpu", app="nlp") if int8_path.is_file() else None
+    cfg = from_dict(APP.load_config_class(), checkpoint_config(ckpt))
+    task, _ = load_checkpoint(APP, ckpt, cfg, with_data=False)
+    net = task.net.eval()
+    real = tokenizer_of(fp32).encode("an honest review of a product that mostly works as described " * 20).ids
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {model_path}")
+    print(f"{'batch x tokens':>15} {'torch ms':>9} {'ort fp32 ms':>11} {'ort int8 ms':>11} {'fp32/eager':>10} {'int8/fp32':>9}")
+    for shape in args.shapes:
+        b, t = (int(x) for x in shape.split("x"))
+        ids = np.tile(np.resize(np.asarray(real, np.int64), t), (b, 1))  # (B, T)
+        mask = np.ones_like(ids)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        ti, tm = torch.from_numpy(ids), torch.from_numpy(mask)
+        with torch.inference_mode():
+            eager = median_ms(lambda: net(ti, tm).softmax(-1), args.repeats)
+        ort32 = median_ms(lambda: fp32.run(feeds), args.repeats)
+        ort8 = median_ms(lambda: int8.run(feeds), args.repeats) if int8 else float("nan")
+        print(f"{shape:>15} {eager:9.2f} {ort32:11.2f} {ort8:11.2f} {eager / ort32:9.2f}x {ort32 / ort8:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""nlp app end to end on a tiny BERT: fit -> ONNX (fp32 + int8) -> evaluate / predict / serve.
+
+The data is a generated product-review CSV with its own column names and three labels, so the
+run also shows the app working on a new domain and schema with only data settings changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import polars as pl
+import pytest
+
+from apps.nlp.runtime import score_texts
+from core.cli import main
+from core.runtime.session import load_model
+from tests.apps.nlp_helpers import make_tiny_bert
+from tests.helpers import REPO, Server
+
+TINY = REPO / "apps" / "nlp" / "configs" / "tiny.yaml"
+WORDS = {"negative": ["awful", "broken", "terrible", "useless"], "neutral": ["okay", "average", "fine", "plain"],
+         "positive": ["great", "lovely", "perfect", "superb"]}
+
+
+def review_csv(path, n: int = 360, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        rows.append({"review_body": f"the {rng.choice(['kettle', 'lamp', 'chair'])} is {rng.choice(WORDS[label])}",
+                     "stars": label, "id": i})
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nlp")
+    bert = make_tiny_bert(root / "bert")
+    data = review_csv(root / "reviews.csv")
+    run_dir = root / "run"
+    rc = main(["nlp", "fit", "--config", str(TINY), "--model.pretrained", str(bert), "--data.path", str(data),
+               "--data.text_column", "review_body", "--data.label_column", "stars", "--data.val_fraction", "0.2",
+               "--data.test_fraction", "0.2", "--optim.lr", "0.003", "--trainer.max_epochs", "3",
+               "--trainer.limit_train_batches", "12", "--trainer.limit_val_batches", "1.0", "--run_dir", str(run_dir)])
+    assert rc == 0
+    return {"dir": run_dir, "data": data, "root": root, "metrics": json.loads((run_dir / "metrics.json").read_text())}
+
+
+def test_fit_learns_the_new_domain_and_writes_everything(run):
+    d, m = run["dir"], run["metrics"]
+    for name in ("model.onnx", "model.int8.onnx", "model_card.md", "config.yaml", "checkpoints/best.ckpt"):
+        assert (d / name).is_file(), name
+    assert m["test"]["n"] == 72  # 20% of each of the 3 classes of 120
+    assert m["test"]["accuracy"] > 0.8  # chance is 1/3
+    # the ONNX file scores the test split exactly like torch did
+    assert m["test"]["accuracy"] == pytest.approx(m["test_torch"]["accuracy"], abs=1e-6)
+    assert m["export"]["parity_max_abs_diff"] < 1e-4
+    card = (d / "model_card.md").read_text()
+    assert "## int8 quantization" in card and "| accuracy |" in card
+    assert abs(m["int8"]["change"]["accuracy"]) <= 0.05
+
+
+def test_onnx_has_dynamic_batch_and_sequence_and_carries_the_tokenizer(run):
+    proto = onnx.load(str(run["dir"] / "model.onnx"))
+    for graph_input in proto.graph.input:
+        dims = [d.dim_param for d in graph_input.type.tensor_type.shape.dim]
+        assert dims == ["batch", "sequence"], graph_input.name
+    model = load_model(run["dir"] / "model.onnx", "cpu", app="nlp")
+    assert model.labels == ["negative", "neutral", "positive"]
+    assert json.loads(model.meta["preprocess"]["tokenizer_json"])["model"]["type"] == "WordPiece"
+
+
+def test_padding_does_not_change_a_prediction(run):
+    model = load_model(run["dir"] / "model.onnx", "cpu", app="nlp")
+    short = "the lamp is great"
+    alone, _ = score_texts(model, [short])
+    padded, _ = score_texts(model, [short, "the kettle is " + "very " * 20 + "average"], batch_size=2)
+    np.testing.assert_allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_int8_agrees_with_fp32(run):
+    texts = pl.read_csv(run["data"])["review_body"].to_list()[:60]
+    fp32, _ = score_texts(load_model(run["dir"] / "model.onnx", "cpu", app="nlp"), texts)
+    int8, _ = score_texts(load_model(run["dir"] / "model.int8.onnx", "cpu", app="nlp"), texts)
+    assert np.abs(fp32 - int8).max() < 0.1
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.95
+
+
+def test_evaluate_reproduces_the_fit_test_split(run, capsys):
+    assert main(["nlp", "evaluate", "--model", str(run["dir"] / "model.onnx")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n"] == 72 and printed["accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
+
+
+def test_predict_needs_neither_torch_nor_transformers(run, tmp_path):
+    lines = tmp_path / "texts.txt"
+    lines.write_bytes(b"the chair is superb\n\xff\xfe broken bytes\n   \nthe lamp is awful\n")
+    out = tmp_path / "pred.jsonl"
+    code = (
+        "import sys; from core.cli import main\n"
+        f"rc = main(['nlp', 'predict', '--model', {str(run['dir'] / 'model.onnx')!r}, '--text', 'the kettle is great',"
+        f" '--text', '', {str(lines)!r}, '--out', {str(out)!r}])\n"
+        "assert rc == 0, rc\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["--text", "--text"] + [f"{lines}:{i}" for i in (1, 2, 3, 4)]
+    errors = [r["error"] for r in rows]
+    assert errors[1] == "empty text" and "not UTF-8" in errors[3] and errors[4] == "empty text"
+    assert not errors[0] and not errors[2] and not errors[5]
+    ok = rows[0]
+    assert ok["label"] in ("negative", "neutral", "positive")
+    assert ok["p_negative"] + ok["p_neutral"] + ok["p_positive"] == pytest.approx(1.0, abs=1e-4)
+    assert "3 of 6 inputs failed" in done.stderr
+
+
+def test_predict_table_column_and_long_text_warning(run, tmp_path, capsys):
+    table = tmp_path / "in.parquet"
+    pl.DataFrame({"body": ["the lamp is lovely", "the chair is " + "really " * 80 + "awful"]}).write_parquet(table)
+    assert main(["nlp", "predict", "--model", str(run["dir"] / "model.onnx"), str(table), "--column", "body"]) == 0
+    captured = capsys.readouterr()
+    assert len(pl.read_csv(captured.out.encode())) == 2
+    assert "1 texts longer than 32 tokens were truncated" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "{model}", "{data}", "--column", "nope"], "no column 'nope'"),
+    (["predict", "{model}", "missing.txt"], "missing.txt: no such file"),
+    (["evaluate", "{model}", "--data", "{unknown}"], "label 'meh' is not one of the model's labels"),
+    (["predict", "{model}"], "nothing to predict"),
+])
+def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, argv, message):
+    unknown = tmp_path / "unknown.csv"
+    pl.DataFrame({"review_body": ["fine", "great"], "stars": ["neutral", "meh"]}).write_csv(unknown)
+    values = {"{model}": f"--model={run['dir'] / 'model.onnx'}", "{data}": str(run["data"]), "{unknown}": str(unknown)}
+    assert main(["nlp", *[values.get(a, a) for a in argv]]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("deepapps: error: ") and message in errors[0]
+
+
+def test_another_apps_command_refuses_the_model(run, capsys):
+    assert main(["vision", "predict", "--model", str(run["dir"] / "model.onnx"), "x.png"]) == 2
+    assert "made by the nlp app" in capsys.readouterr().err
+
+
+def test_serve_pads_items_of_different_lengths_together(run):
+    server = Server(run["dir"] / "model.onnx", "--max-wait-ms", "50")
+    try:
+        texts = ["the lamp is great", "the chair is " + "quite " * 10 + "awful", "   "]
+        status, body = server.predict({"instances": [{"text": t} for t in texts]})
+        assert status == 200
+        preds = body["predictions"]
+        assert preds[2] == {"error": "instance 2: text: empty"}
+        model = load_model(run["dir"] / "model.onnx", "cpu", app="nlp")
+        expected, _ = score_texts(model, texts[:2])
+        for pred, probs in zip(preds[:2], expected):
+            assert pred["probabilities"]["positive"] == pytest.approx(float(probs[2]), abs=1e-5)
+    finally:
+        server.stop()
+
+
+def test_explain_writes_html_and_scores_every_token(run, tmp_path, capsys):
+    out = tmp_path / "explain.html"
+    ckpt = run["dir"] / "checkpoints" / "best.ckpt"
+    assert main(["nlp", "explain", "--ckpt", str(ckpt), "--text", "the lamp is great", "--method", "gxi",
+                 "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split(" (")[0] in ("negative", "neutral", "positive")
+    assert "great[" in line and "lamp[" in line
+    page = out.read_text()
+    assert page.count("<span") == len(re.findall(r"\[[+-]\d", line)) == 6  # [CLS] the lamp is great [SEP]
+
+
+def test_quantize_command_writes_int8_and_its_accuracy_change(run, tmp_path, capsys):
+    out = tmp_path / "q.int8.onnx"
+    assert main(["nlp", "quantize", "--model", str(run["dir"] / "model.onnx"), "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert out.is_file() and result["n"] == 72 and result["split"] == "test"
+    assert result["fp32"]["accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
+    assert result["change"]["accuracy"] == pytest.approx(result["int8"]["accuracy"] - result["fp32"]["accuracy"])
+    assert result["size_mb"]["int8"] < result["size_mb"]["fp32"]
+    assert load_model(out, "cpu", app="nlp").meta["export"]["precision"].startswith("int8")

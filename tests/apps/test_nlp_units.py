@@ -1,0 +1,125 @@
+"""nlp app units: reading and splitting tables, bucketing, schedule, layer-wise LR, attributions."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from apps.nlp.config import TextOptimConfig
+from apps.nlp.data import BucketSampler
+from apps.nlp.explain import attribute
+from apps.nlp.model import TextClassifier, layer_depth
+from apps.nlp.table import read_labelled, stratified_split
+from apps.nlp.task import TextClassificationTask, WarmupDecay
+from core.errors import DataError
+
+
+def test_integer_labels_get_names_and_tsv_is_read_without_quoting(tmp_path):
+    path = tmp_path / "sst.tsv"
+    path.write_text('sentence\tlabel\n"a quote opens here\t1\nbad , bad film\t0\n  \t1\n')
+    table = read_labelled(str(path), "sentence", "label", ["negative", "positive"])
+    assert table.texts == ['"a quote opens here', "bad , bad film"]  # the empty text is dropped
+    assert table.labels == ["negative", "positive"] and table.targets.tolist() == [1, 0]
+    assert any("1 rows with an empty text" in n for n in table.notes)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\nfine,\ngood,pos\n", "1 rows have no 'label' (first: row 1)"),
+    ("text,label\nfine,1.0\ngood,NaN\n", "1 rows have no 'label' (first: row 2)"),
+    ("body,label\nfine,pos\n", "no column 'text'"),
+    ("text,label\nfine,pos\ngood,pos\n", "has one label"),
+])
+def test_unusable_training_tables_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "t.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_labelled(str(path), "text", "label")
+
+
+def test_non_utf8_table_is_a_data_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\ncaf\xe9,pos\nok,neg\n")
+    with pytest.raises(DataError, match="cannot read"):
+        read_labelled(str(path), "text", "label")
+
+
+def test_jsonl_and_parquet_read_alike(tmp_path):
+    frame = pl.DataFrame({"t": ["good", "bad", "meh"], "y": ["pos", "neg", "pos"]})
+    frame.write_ndjson(tmp_path / "a.jsonl")
+    frame.write_parquet(tmp_path / "a.parquet")
+    a, b = (read_labelled(str(tmp_path / f), "t", "y") for f in ("a.jsonl", "a.parquet"))
+    assert a.texts == b.texts and a.targets.tolist() == b.targets.tolist() == [1, 0, 1]
+
+
+def test_stratified_split_is_disjoint_reproducible_and_keeps_class_shares():
+    targets = np.array([0] * 700 + [1] * 300)
+    s1, s2 = stratified_split(targets, 0.1, 0.2, 3), stratified_split(targets, 0.1, 0.2, 3)
+    assert all(np.array_equal(s1[k], s2[k]) for k in s1)
+    assert len(np.intersect1d(s1["train"], s1["test"])) == 0 and len(np.intersect1d(s1["val"], s1["test"])) == 0
+    assert sum(len(v) for v in s1.values()) == 1000
+    assert (targets[s1["test"]] == 1).sum() == 60 and (targets[s1["val"]] == 1).sum() == 30
+    assert not np.array_equal(stratified_split(targets, 0.1, 0.2, 4)["test"], s1["test"])
+
+
+def test_bucketed_batches_cover_every_row_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, 1000)
+    batches = list(BucketSampler(lengths, 16, shuffle=True, bucket=True, window=10))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    padding = sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches)
+    random = sum(lengths[b].max() * len(b) - lengths[b].sum()
+                 for b in BucketSampler(lengths, 16, shuffle=True, bucket=False))
+    assert padding < 0.2 * random
+
+
+def test_warmup_then_linear_or_cosine_decay():
+    linear, cosine = WarmupDecay("linear", 10, 110), WarmupDecay("cosine", 10, 110)
+    assert linear(0) == pytest.approx(0.1) and linear(9) == pytest.approx(1.0)
+    assert linear(60) == pytest.approx(0.5) and linear(110) == 0.0
+    assert cosine(60) == pytest.approx(0.5) and cosine(35) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
+    assert WarmupDecay("linear", 0, 10, frozen=5)(3) == 0.0
+
+
+def _tiny_net(labels: int = 2) -> TextClassifier:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    return TextClassifier(BertModel(config), labels, "mean", 0.0)
+
+
+def test_layer_wise_lr_decay_scales_each_depth():
+    assert layer_depth("net.backbone.embeddings.word_embeddings.weight", 3) == 0
+    assert layer_depth("net.backbone.encoder.layer.2.output.dense.weight", 3) == 3
+    assert layer_depth("net.head.weight", 3) == 4
+    task = TextClassificationTask(_tiny_net(), ["a", "b"], False, TextOptimConfig(lr=1e-3, layer_decay=0.5))
+    task._trainer = SimpleNamespace(estimated_stepping_batches=100, max_epochs=1)
+    optimizer = task.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["initial_lr"] for g in optimizer.param_groups for p in g["params"]}
+    net = task.net
+    assert lr_of[id(net.head.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(net.backbone.encoder.layer[2].output.dense.weight)] == pytest.approx(5e-4)
+    assert lr_of[id(net.backbone.encoder.layer[0].output.dense.weight)] == pytest.approx(1.25e-4)
+    assert lr_of[id(net.backbone.embeddings.word_embeddings.weight)] == pytest.approx(6.25e-5)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decay[id(net.head.bias)] == 0.0 and decay[id(net.head.weight)] == 0.01
+
+
+def test_integrated_gradients_are_complete():
+    """IG attributions sum to logit(input) - logit(zero-embedding baseline) (Sundararajan et al.)."""
+    net = _tiny_net().eval()
+    ids = torch.tensor([[2, 11, 23, 7, 3]])
+    scores, probs = attribute(net, ids, "ig", steps=128)
+    target = int(probs.argmax())
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        embed = net.backbone.get_input_embeddings()(ids)
+        gap = (net.head(net.features(None, mask, inputs_embeds=embed))
+               - net.head(net.features(None, mask, inputs_embeds=torch.zeros_like(embed))))[0, target]
+    assert scores.shape == (5,)
+    assert float(scores.sum()) == pytest.approx(float(gap), rel=0.02, abs=1e-4)
