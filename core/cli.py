@@ -227,7 +227,7 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
     parser = _serving_parser(app, command)
     parser.add_argument("--out", help="output table (.csv, .parquet or .jsonl); default: CSV on stdout")
     parser.add_argument("--engine", default="local", choices=["local", "spark"],
-                        help="spark: score a Parquet dataset with a pandas UDF (pip install pyspark)")
+                        help="spark: score a Parquet dataset with a pandas UDF (pip install 'deepapps[spark]')")
     parser.add_argument("--spark-column", default="image", help="with --engine spark: the input column")
     parser.add_argument("--spark-master", default="local[*]", help="with --engine spark: the Spark master")
     runtime.add_predict_arguments(parser)
@@ -254,7 +254,7 @@ def _predict_spark(args: argparse.Namespace) -> int:
     import importlib.util
 
     if importlib.util.find_spec("pyspark") is None:
-        raise ConfigError("--engine spark needs pyspark: pip install pyspark")
+        raise ConfigError("--engine spark needs pyspark: pip install 'deepapps[spark]'")
     from core.spark import score_parquet
 
     rows = score_parquet(str(inputs[0]), args.out, args.model, args.spark_column, args.spark_master)

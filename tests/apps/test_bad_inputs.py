@@ -9,20 +9,11 @@ import onnx
 import pytest
 
 from core.export import read_metadata, set_metadata
-from tests.helpers import TINY, make_image_folder
+from tests.helpers import TINY, assert_one_line_error, make_image_folder
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "apps.vision", *args], capture_output=True, text=True)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("deepapps: error:")]
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0]
 
 
 def fit(data, *extra) -> subprocess.CompletedProcess:

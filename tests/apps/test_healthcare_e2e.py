@@ -17,7 +17,7 @@ from PIL import Image
 from core.cli import main
 from core.export import read_metadata
 from tests.apps.healthcare_helpers import write_dicom, write_npz
-from tests.apps.test_bad_inputs import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 TINY = Path(__file__).resolve().parents[2] / "apps" / "healthcare" / "configs" / "tiny.yaml"
 
