@@ -18,7 +18,8 @@ from apps.healthcare.data import MedicalDataSettings, list_inputs, open_medical_
 from apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
 from core.errors import ConfigError, DataError
 from core.runtime import image_classification
-from core.runtime.image_classification import Evaluation, score_images
+from core.runtime.evaluation import Evaluation
+from core.runtime.image_classification import score_images
 from core.runtime.images import ImageSpec, to_model_input
 from core.runtime.session import OnnxModel
 

@@ -70,17 +70,12 @@ def _row(path: Path, error: str = "", **values: object) -> dict:
 
 
 def _prediction_row(path: Path, probs: np.ndarray, model: OnnxModel, top_k: int) -> dict:
-    labels = model.labels
     top = np.argsort(-probs)[:top_k]
-    if model.meta["task"] == "multilabel":
-        threshold = model.meta.get("threshold") or 0.5
-        chosen = [labels[i] for i in np.flatnonzero(probs >= threshold)]
-        label, probability = ";".join(chosen), float(probs.max())
-    else:
-        label, probability = labels[top[0]], float(probs[top[0]])
+    best = prediction(probs, model)
+    label = best["label"] if "label" in best else ";".join(best["labels"])
     return _row(
-        path, label=label, probability=round(probability, 6),
-        top_labels=";".join(labels[i] for i in top),
+        path, label=label, probability=round(float(best.get("probability", probs.max())), 6),
+        top_labels=";".join(model.labels[i] for i in top),
         top_probabilities=";".join(f"{probs[i]:.6f}" for i in top),
     )
 
