@@ -129,6 +129,8 @@ def config_parser(app: AppSpec, command: str, with_ckpt: bool = False, base_yaml
         parser.add_argument("--ckpt", type=str, required=True, help="Lightning checkpoint (.ckpt)")
         parser.add_argument("--out", type=str | None, default=None, help="output file")
         parser.add_argument("--fp16", type=bool, default=False, help="also write a half-precision copy (GPU)")
+        parser.add_argument("--int8", type=bool, default=False,
+                            help="also write a dynamic-int8 copy with its accuracy change measured (apps that support it)")
     parser.add_class_arguments(app.load_config_class(), as_group=False)
     return parser
 
@@ -147,13 +149,13 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
     parser = config_parser(app, command, with_ckpt, base_yaml=not saved)
     if saved:
         parser.set_defaults(_flatten(saved))
-    argv = _bare_flags(argv, _bool_options(app.load_config_class()) | {"--fp16"})
+    argv = _bare_flags(argv, _bool_options(app.load_config_class()) | {"--fp16", "--int8"})
     try:
         namespace = parser.parse_args(argv)
     except (ArgumentError, ValueError, TypeError) as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise ConfigError(f"deepapps {app.name} {command}: {detail}") from None
-    skip = {"config", "ckpt", "out", "fp16", "__default_config__"}
+    skip = {"config", "ckpt", "out", "fp16", "int8", "__default_config__"}
     values = {k: v for k, v in namespace.as_dict().items() if k not in skip}
     cfg = from_dict(app.load_config_class(), values)
     return parser, namespace, cfg, values
@@ -182,7 +184,7 @@ def _export(app: AppSpec, command: str, argv: list[str]) -> int:
     from core.training import export_checkpoint
 
     out = Path(namespace.out) if namespace.out else Path(namespace.ckpt).with_suffix(".onnx")
-    print(export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16))
+    print(export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16, namespace.int8))
     return 0
 
 

@@ -266,8 +266,15 @@ def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:
     return _strip(run(task, datamodule=built.datamodule, verbose=False)[0], prefix)
 
 
-def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp16: bool) -> Path:
-    """Export a checkpoint; the parity batch is real data when the data path exists."""
+def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp16: bool = False,
+                      int8: bool = False) -> Path:
+    """Export a checkpoint; the parity batch is real data when the data path exists.
+
+    `int8` needs the app's pipeline to define `export_int8(onnx_path, cfg)` (quantize + measure).
+    """
+    pipeline = app.load_pipeline()
+    if int8 and not hasattr(pipeline, "export_int8"):
+        raise ConfigError(f"deepapps {app.name} export: --int8 is not available for {app.name} models")
     try:
         _, built = load_checkpoint(app, ckpt, cfg, with_data=True)
     except DeepappsError as exc:  # data gone: export still works, on dummy inputs
@@ -276,6 +283,8 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
     run_metrics = ckpt.parent.parent / "metrics.json"
     metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
     extra = metrics.get("post_fit", {})
+    if hasattr(pipeline, "restore_post_fit"):  # state that post_fit set on `built` (e.g. calibration)
+        pipeline.restore_post_fit(built, extra)
     scores = {k: _scalars(metrics[k]) for k in ("val", "test") if k in metrics}
     metadata = onnx_metadata(app, built, cfg, config, metrics=scores) | extra
     export_onnx(built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), out,
@@ -283,6 +292,8 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
                 dynamic_axes=built.dynamic_axes, tolerance=built.parity_tolerance)
     if fp16:
         convert_fp16(out, out.with_suffix(".fp16.onnx"))
+    if int8:
+        pipeline.export_int8(out, cfg)
     return out
 
 

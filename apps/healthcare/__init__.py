@@ -1,4 +1,5 @@
-"""Healthcare app: medical image classification (MedMNIST .npz, PNG/JPEG, DICOM) to a calibrated ONNX model."""
+"""Healthcare app: medical image classification (MedMNIST .npz, PNG/JPEG, DICOM) and ECG heartbeat
+classification (UCR .txt, CSV/Parquet signals; `task: signal`) to a calibrated ONNX model."""
 
 from pathlib import Path
 
@@ -6,7 +7,7 @@ from core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="healthcare",
-    help="medical image classification: calibrated, thresholded ONNX models from MedMNIST, PNG/JPEG or DICOM",
+    help="medical image (MedMNIST, PNG/JPEG, DICOM) and ECG signal classification: calibrated, thresholded ONNX models",
     task="image_classification",
     config_class="apps.healthcare.config:HealthcareFitConfig",
     configs_dir=Path(__file__).parent / "configs",

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from apps.healthcare.dicom import DICOM_EXTENSIONS, open_medical_image
+from apps.healthcare.signals import known_positive_label as known_signal_positive
 from apps.healthcare.synthetic import NAME as SYNTHETIC, synthetic_xray_arrays
 from core.data.image_sources import SPLITS, ImageSource, SplitSettings, array_source, open_image_source
 from core.errors import DataError
@@ -100,9 +101,10 @@ def medmnist_flag(path: str | Path) -> str | None:
 
 
 def known_positive_label(path: str) -> str | None:
-    """The disease class of a known binary MedMNIST subset (e.g. `malignant` for BreastMNIST)."""
+    """The disease class of a known binary MedMNIST subset (e.g. `malignant` for BreastMNIST) or
+    UCR ECG set (`myocardial_infarction` for ECG200)."""
     flag = medmnist_flag(path)
-    return MEDMNIST[flag][2] if flag else None
+    return MEDMNIST[flag][2] if flag else known_signal_positive(path)
 
 
 def _medmnist_labels(source: ImageSource, path: Path) -> None:

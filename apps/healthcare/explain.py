@@ -48,6 +48,8 @@ def main(app: AppSpec, argv: list[str]) -> int:
 
     ckpt = Path(args.ckpt)
     cfg = from_dict(app.load_config_class(), checkpoint_config(ckpt))
+    if cfg.task != "image":
+        raise ConfigError(f"--ckpt {ckpt}: an ECG signal model; Grad-CAM here explains image models only")
     task, built = load_checkpoint(app, ckpt, cfg, with_data=False)
     net, labels, spec = task.net.eval(), built.labels, _spec(built)
     temperature, decide = calibration_of(ckpt, labels, built.multilabel)

@@ -1,6 +1,7 @@
 """Healthcare pipeline (torch side): the core image family with grey input, class-balanced
 sampling, flip TTA in the graph, and a post-fit step that calibrates (temperature scaling)
-and chooses the operating threshold on the validation split.
+and chooses the operating threshold on the validation split. `task: signal` builds the ECG
+network instead (apps/healthcare/signal_pipeline.py); calibration and threshold are shared.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from core.tasks.classification import problem_type
 log = logging.getLogger("deepapps.healthcare")
 
 IMBALANCE = ("loss", "sampler", "none")
+TASKS = ("image", "signal")
+SIGNAL_FAMILY = "signal_classification"
 
 
 class MedicalDataModule(ImageDataModule):
@@ -78,18 +81,27 @@ class ClinicalHead(nn.Module):
 
 def build(cfg: HealthcareFitConfig, pretrained: str | None, labels: list[str] | None = None,
           multilabel: bool = False, with_data: bool = True) -> Built:
-    """The core image family, with the clinical settings applied."""
+    """The core image family (or the ECG signal network), with the clinical settings applied."""
     clinical = cfg.clinical
+    if cfg.task not in TASKS:
+        raise ConfigError(f"--task {cfg.task}: choose {', '.join(TASKS)}")
     if clinical.imbalance not in IMBALANCE:
         raise ConfigError(f"--clinical.imbalance {clinical.imbalance}: choose {', '.join(IMBALANCE)}")
     if clinical.channels not in (1, 3):
         raise ConfigError(f"--clinical.channels {clinical.channels}: choose 1 (grey) or 3 (RGB)")
     check_rule(clinical.threshold)
-    datamodule = partial(MedicalDataModule, imbalance=clinical.imbalance, seed=cfg.seed)
-    built = image_classification.build(cfg, pretrained, labels, multilabel, with_data, clinical.channels, datamodule)
+    if cfg.task == "signal":
+        from apps.healthcare import signal_pipeline
+
+        built = signal_pipeline.build(cfg, pretrained, labels, multilabel, with_data, clinical.imbalance)
+    else:
+        datamodule = partial(MedicalDataModule, imbalance=clinical.imbalance, seed=cfg.seed)
+        built = image_classification.build(cfg, pretrained, labels, multilabel, with_data, clinical.channels, datamodule)
     if len(built.labels) == 2 and not built.multilabel:
         positive_index(built.labels, clinical.positive_label, cfg.data.path)  # a wrong name fails now, not after training
     built.export_wrapper = lambda net, temperature: ClinicalHead(net, built.multilabel, temperature, clinical.tta_flip)
+    if cfg.task == "signal":
+        return built
     built.preprocess = built.preprocess | {
         "tta": "mean of the logits of the image and its horizontal mirror (in the graph)" if clinical.tta_flip else None,
         "dicom": {"window_center": cfg.data.window_center, "window_width": cfg.data.window_width,
@@ -146,7 +158,8 @@ def post_fit(task, built: Built, cfg: HealthcareFitConfig) -> dict:
         "val_nll_after": nll(logits / temperature, targets, built.multilabel),
     }
     probs = probabilities(temperature)
-    info = {"rule": clinical.threshold, "chosen_on": f"validation split ({len(targets)} images), calibrated probabilities"}
+    items = "signals" if cfg.task == "signal" else "images"
+    info = {"rule": clinical.threshold, "chosen_on": f"validation split ({len(targets)} {items}), calibrated probabilities"}
     threshold = None
     if problem == "binary":
         k = positive_index(built.labels, clinical.positive_label, cfg.data.path)
@@ -159,6 +172,7 @@ def post_fit(task, built: Built, cfg: HealthcareFitConfig) -> dict:
         info = {"rule": "argmax (multi-class: no threshold)"}
     log.info("calibration: T=%.3f, val ECE %.4f -> %.4f; threshold %s (%s)", temperature, before["ece"] or 0,
              after["ece"] or 0, threshold, info["rule"])
-    return {"temperature": temperature, "threshold": threshold,
-            "clinical": {"calibration": calibration, "threshold": info, "imbalance": clinical.imbalance,
-                         "tta_flip": clinical.tta_flip}}
+    family = {"family": SIGNAL_FAMILY} if cfg.task == "signal" else {}
+    return family | {"temperature": temperature, "threshold": threshold,
+                     "clinical": {"calibration": calibration, "threshold": info, "imbalance": clinical.imbalance,
+                                  "tta_flip": clinical.tta_flip}}

@@ -32,18 +32,51 @@ def write_healthcare_report(run_dir: Path, app, built, cfg, config_yaml: str, me
                                            plots_dir / "confusion_matrix_at_threshold.png"))
     clinical = metrics.get("post_fit", {}).get("clinical", {})
     labels = evaluation.labels
+    signal = getattr(cfg, "task", "image") == "signal"
     info = {
-        "title": f"deepapps healthcare: {cfg.model.backbone} on {cfg.data.path}",
+        "title": f"deepapps healthcare{' ECG' if signal else ''}: {cfg.model.backbone} on {cfg.data.path}",
         "intended_use": INTENDED_USE.format(what=", ".join(labels)),
-        "limitations": limitations(cfg, built),
+        "limitations": signal_limitations(cfg) if signal else limitations(cfg, built),
         "sections": [
-            ("MedMNIST protocol (test split, shipped ONNX model)", protocol_section(test)),
+            ("Signal classification metrics (test split, shipped ONNX model)", signal_section(test, built))
+            if signal else ("MedMNIST protocol (test split, shipped ONNX model)", protocol_section(test)),
             ("Per-class metrics (test split)", per_class_section(test, labels)),
             ("Operating threshold", threshold_section(clinical.get("threshold", {}), test, metrics)),
             ("Calibration", calibration_section(clinical.get("calibration", {}), test)),
         ],
     }
+    if signal:
+        info["model"] = {"backbone": cfg.model.backbone, "weights": built.weights,
+                         "parameters": sum(p.numel() for p in built.net.parameters()),
+                         "front end (in the graph)": "; ".join(built.preprocess["in_graph"]) or "none",
+                         "input": f"float32 (batch, {built.preprocess['length']}) at a nominal "
+                                  f"{built.preprocess['sample_rate_hz']:g} Hz"}
     return write_run_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation, info=info, extra_plots=extra)
+
+
+def signal_section(test: dict, built) -> str:
+    rows = [["accuracy", _f(test.get("accuracy"))], ["macro-F1", _f(test.get("macro_f1"))],
+            ["balanced accuracy (mean per-class recall)", _f(test.get("balanced_accuracy"))],
+            ["AUC (one-vs-rest, macro)", _f(test.get("auroc"))], ["signals", str(test.get("n"))]]
+    scored = test.get("classes_scored") or []
+    return ("The classes are imbalanced: read macro-F1 and balanced accuracy beside accuracy. Computed by ONNX "
+            "Runtime on the exported file, on the test split that fit held out; macro-F1 averages the classes "
+            f"present in the split or predicted ({', '.join(scored)}).\n\n" + _table(["metric", "value"], rows))
+
+
+def signal_limitations(cfg) -> list[str]:
+    return [
+        f"Trained and tested on `{cfg.data.path}` only. UCR ECG5000 beats all come from one patient with severe "
+        "congestive heart failure, labelled by automated annotation: other patients, leads, devices and "
+        "beat-segmentation methods can score much lower. Validate locally before any research use.",
+        "Inputs must be single beats cut and resampled like the training data (same length, same alignment); "
+        f"the sampling rate {cfg.signal.sample_rate:g} Hz is nominal, not measured.",
+        "Rare classes have few examples (a handful in validation and test), so their per-class numbers are "
+        "very uncertain.",
+        "Calibration and any operating threshold were fitted on the validation split; they hold only for data like it.",
+        "The model only knows its training labels: every beat gets one of them, including artefacts and "
+        "rhythms it has never seen.",
+    ]
 
 
 def protocol_section(test: dict) -> str:

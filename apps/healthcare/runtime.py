@@ -1,5 +1,6 @@
 """Serving side of the healthcare app (no torch): predict on PNG/JPEG/DICOM/folders/.npz at the
 stored threshold, and evaluate by the MedMNIST protocol plus threshold and calibration metrics.
+ECG models (their metadata says so) go to apps/healthcare/signal_runtime.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from apps.healthcare import signal_runtime
 from apps.healthcare.clinical import operating_point, per_class_specificity
 from apps.healthcare.data import MedicalDataSettings, list_inputs, open_medical_source
 from apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
@@ -26,7 +28,8 @@ from core.runtime.session import OnnxModel
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+",
-                        help="PNG/JPEG/DICOM files, folders (searched recursively), FILE.npz[:train|val|test] (default test)")
+                        help="PNG/JPEG/DICOM files, folders (searched recursively), FILE.npz[:train|val|test] (default test); "
+                             "for an ECG model: UCR .txt, CSV or Parquet files of one signal per row")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold for the positive class (default: the one stored in the model)")
@@ -34,17 +37,23 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DICOM window centre (default: the model's, else each file's)")
     parser.add_argument("--window-width", "--window_width", dest="window_width", type=float, default=None,
                         help="DICOM window width (default: the model's, else each file's)")
+    parser.add_argument("--label-column", "--label_column", dest="label_column", default=None,
+                        help="ECG CSV/Parquet: a label column to leave out of the samples (default: the model's)")
+    parser.add_argument("--id-column", "--id_column", dest="id_column", default=None,
+                        help="ECG CSV/Parquet: a column reported as the row id (not a sample)")
 
 
 def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
     """One row per input: path, label at the threshold, a probability per class, error."""
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold {args.threshold}: a probability between 0 and 1")
+    if signal_runtime.is_signal_model(model.meta):
+        return signal_runtime.predict(model, args, decision(model, args.threshold))
     spec = ImageSpec.from_meta(model.meta["preprocess"])
     dicom = model.meta["preprocess"].get("dicom") or {}
     center = args.window_center if args.window_center is not None else dicom.get("window_center")
     width = args.window_width if args.window_width is not None else dicom.get("window_width")
     items = list_inputs(args.inputs, lambda path: open_medical_image(path, spec.channels, center, width))
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise ConfigError(f"--threshold {args.threshold}: a probability between 0 and 1")
     decide = decision(model, args.threshold)
     rows: list[dict] = []
     batch_size = max(1, args.batch_size)
@@ -92,7 +101,10 @@ def decide_label(labels: list[str], task: str, threshold, positive: int = 1):
 
 
 def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
-    """A request item (`{"image": "<base64>"}` or uploaded bytes; PNG/JPEG/DICOM) -> model pixels."""
+    """A request item (`{"image": "<base64>"}` or uploaded bytes; PNG/JPEG/DICOM) -> model pixels;
+    for an ECG model `{"signal": [numbers]}` -> float32 samples."""
+    if signal_runtime.is_signal_model(model.meta):
+        return signal_runtime.decode_item(model, item)
     raw = item
     if isinstance(item, dict) and isinstance(item.get("image"), str):
         try:
@@ -110,6 +122,8 @@ def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
 def run_items(model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
     """One ONNX Runtime call for a micro-batch; each label decided at the stored threshold."""
     decide = decision(model)
+    if signal_runtime.is_signal_model(model.meta):
+        return signal_runtime.run_items(model, items, decide)
     probs = score_images(model, items, batch_size=max(1, len(items)))
     return [{"label": decide(p), "threshold": model.meta.get("threshold"),
              "probabilities": {name: round(float(v), 6) for name, v in zip(model.labels, p)}} for p in probs]
@@ -117,11 +131,15 @@ def run_items(model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
 
 def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
     """MedMNIST protocol (ACC at argmax, AUC one-vs-rest macro, per class) on `split`, plus
-    sensitivity/specificity at the stored threshold, per-class specificity, ECE and Brier."""
-    settings = MedicalDataSettings.from_dict(model.meta.get("train", {}).get("data_config", {}))
-    evaluation = image_classification.evaluate(
-        model, data_path, split, batch_size, open_source=lambda path: open_medical_source(path, settings),
-    )
+    sensitivity/specificity at the stored threshold, per-class specificity, ECE and Brier.
+    ECG models add balanced accuracy (signal_runtime.evaluate)."""
+    if signal_runtime.is_signal_model(model.meta):
+        evaluation = signal_runtime.evaluate(model, data_path, split)
+    else:
+        settings = MedicalDataSettings.from_dict(model.meta.get("train", {}).get("data_config", {}))
+        evaluation = image_classification.evaluate(
+            model, data_path, split, batch_size, open_source=lambda path: open_medical_source(path, settings),
+        )
     from core.metrics import calibration_metrics  # scikit-learn: evaluate only, never predict
 
     metrics, targets, probs, task = evaluation.metrics, evaluation.targets, evaluation.probs, evaluation.problem

@@ -7,6 +7,9 @@ every image gets its own exposure, shift and noise, so the task is learnable but
 trivial. Classes are imbalanced like PneumoniaMNIST (about 74% pneumonia in train). These
 are drawings, not radiographs: use them to try the app, never to judge a model.
 
+`builtin:synthetic-ecg` (`synthetic_ecg`) is the same idea for the ECG task: 140-sample
+heartbeats in three imbalanced classes, z-normalised per beat like the UCR files.
+
     python -m apps.healthcare.synthetic out.npz [--size 28] [--seed 0]   # write it as a .npz
 """
 
@@ -61,6 +64,47 @@ def _ellipse(x, y, cx, cy, rx, ry, soft: float) -> np.ndarray:
     """1 inside the ellipse, falling smoothly to 0 over `soft` outside it."""
     r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
     return np.clip((1 + soft - r) / soft, 0, 1) if soft > 0 else (r <= 1).astype(float)
+
+
+
+# --- heartbeats: builtin:synthetic-ecg ---------------------------------------------------------
+
+ECG_NAME = "builtin:synthetic-ecg"
+ECG_LABELS = ("normal", "pvc", "flat_t")
+ECG_SHARES = (0.7, 0.2, 0.1)  # imbalanced like ECG5000
+
+
+def synthetic_ecg(n: int = 600, length: int = 140, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Single-lead heartbeats drawn as sums of Gaussians (P, Q, R, S, T waves), z-normalised per beat
+    like the UCR files. `normal`: all waves; `pvc`: no P wave, a wide tall QRS and an inverted T;
+    `flat_t`: a normal beat whose T wave is flat or inverted. Every beat gets its own timing jitter,
+    amplitudes, baseline drift and noise. Drawings, not recordings: for tests and trying the app.
+
+    Returns:
+        signals (n, length) float32 and class ids (n,) int64 into ECG_LABELS.
+    """
+    rng = np.random.default_rng(seed)
+    targets = rng.choice(len(ECG_LABELS), size=n, p=ECG_SHARES)
+    t = np.linspace(0.0, 1.0, length)
+    signals = np.stack([_beat(rng, t, int(k)) for k in targets]).astype(np.float32)
+    return signals, targets.astype(np.int64)
+
+
+def _beat(rng: np.random.Generator, t: np.ndarray, kind: int) -> np.ndarray:
+    shift = rng.normal(0, 0.02)
+    waves = {  # name: (centre, width, amplitude)
+        "p": (0.2, 0.03, 0.15), "q": (0.33, 0.012, -0.15), "r": (0.36, 0.015, 1.0),
+        "s": (0.39, 0.012, -0.25), "t": (0.62, 0.06, 0.3),
+    }
+    if kind == 1:  # premature ventricular contraction
+        waves |= {"p": (0.2, 0.03, 0.0), "q": (0.3, 0.03, -0.2), "r": (0.36, 0.04, 1.3), "s": (0.44, 0.04, -0.5),
+                  "t": (0.64, 0.07, -0.35)}
+    elif kind == 2:
+        waves["t"] = (0.62, 0.06, rng.uniform(-0.15, 0.05))
+    beat = sum(a * rng.uniform(0.8, 1.2) * np.exp(-((t - c - shift) / w) ** 2)
+               for c, w, a in waves.values())
+    beat = beat + rng.uniform(-0.05, 0.05) * t + rng.normal(0, 0.03, t.shape)  # drift and noise
+    return (beat - beat.mean()) / (beat.std() + 1e-8)
 
 
 def main(argv: list[str] | None = None) -> None:

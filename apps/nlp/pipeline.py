@@ -63,6 +63,14 @@ def build(cfg: NlpFitConfig, pretrained: str | None, labels: list[str] | None = 
     )
 
 
+def export_int8(onnx_path: Path, cfg: NlpFitConfig) -> Path:
+    """`deepapps nlp export --int8`: dynamic int8 copy, accuracy change measured on the test carve."""
+    from apps.nlp.quantize import quantize_into_run
+
+    quantize_into_run(onnx_path, data_path=cfg.data.path)
+    return onnx_path.with_suffix(".int8.onnx")
+
+
 def write_report(run_dir: Path, app, built: Built, cfg: NlpFitConfig, config_yaml: str, metrics: dict,
                  evaluation) -> Path:
     """int8 copy (accuracy change measured on the same test split) + the shared run report."""

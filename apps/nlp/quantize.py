@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from core.runtime.io import atomic_write
+from core.runtime.io import atomic_write, write_json
 
 log = logging.getLogger("deepapps.nlp")
 
@@ -93,10 +93,35 @@ def quantize_and_measure(src: Path, out: Path, data_path: str, split: str = "tes
     return result
 
 
+def quantize_into_run(model_path: Path, out: Path | None = None, data_path: str | None = None,
+                      split: str = "test") -> dict:
+    """int8 copy beside `model_path`, its accuracy change in `<out>.json` and the run's model card.
+
+    `data_path` defaults to the training data recorded in the model (so `split` is the same carve).
+    """
+    from core.export import read_metadata
+
+    model_path = Path(model_path)
+    data = data_path or read_metadata(model_path).get("train", {}).get("data_config", {}).get("path")
+    out = Path(out) if out else model_path.with_suffix(".int8.onnx")
+    result = quantize_and_measure(model_path, out, data, split)
+    card = model_path.parent / "model_card.md"
+    if card.is_file():
+        text = card.read_text()
+        if "## int8 quantization" in text:  # replace the earlier measurement, keep what follows it
+            head, tail = text.split("## int8 quantization", 1)
+            rest = tail.split("\n## ", 1)
+            text = head.rstrip("\n") + "\n" + ("\n## " + rest[1] if len(rest) > 1 else "")
+        atomic_write(card, lambda tmp: tmp.write_text(text.rstrip("\n") + "\n\n## int8 quantization\n\n"
+                                                      + result["markdown"] + "\n"))
+    summary = {k: v for k, v in result.items() if k != "markdown"}
+    write_json(out.with_suffix(".json"), summary)
+    return summary
+
+
 def main(app, argv: list[str]) -> int:
     """`deepapps nlp quantize`: write the int8 copy, print the accuracy change as JSON."""
     from core.cli import OneLineParser
-    from core.runtime.io import write_json
     from core.runtime.session import load_model
 
     parser = OneLineParser(prog="deepapps nlp quantize", description=__doc__.splitlines()[0])
@@ -105,14 +130,7 @@ def main(app, argv: list[str]) -> int:
     parser.add_argument("--data.path", "--data", dest="data_path", help="labelled data (default: the training data)")
     parser.add_argument("--split", default="test", help="train, val, test or all")
     args = parser.parse_args(argv)
-    model = load_model(args.model, provider="cpu", app=app.name)
-    data = args.data_path or model.meta.get("train", {}).get("data_config", {}).get("path")
-    out = Path(args.out) if args.out else Path(args.model).with_suffix(".int8.onnx")
-    result = quantize_and_measure(Path(args.model), out, data, args.split)
-    card = Path(args.model).parent / "model_card.md"
-    if card.is_file() and "## int8 quantization" not in card.read_text():
-        atomic_write(card, lambda tmp: tmp.write_text(card.read_text() + "\n## int8 quantization\n\n"
-                                                      + result["markdown"] + "\n"))
-    write_json(out.with_suffix(".json"), {k: v for k, v in result.items() if k != "markdown"})
-    print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
+    load_model(args.model, provider="cpu", app=app.name)  # refuses another app's model in one line
+    summary = quantize_into_run(Path(args.model), args.out and Path(args.out), args.data_path, args.split)
+    print(json.dumps(summary, indent=2))
     return 0

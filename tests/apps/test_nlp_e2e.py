@@ -189,3 +189,15 @@ def test_quantize_command_writes_int8_and_its_accuracy_change(run, tmp_path, cap
     assert result["change"]["accuracy"] == pytest.approx(result["int8"]["accuracy"] - result["fp32"]["accuracy"])
     assert result["size_mb"]["int8"] < result["size_mb"]["fp32"]
     assert load_model(out, "cpu", app="nlp").meta["export"]["precision"].startswith("int8")
+
+
+def test_export_int8_writes_the_measured_int8_copy_beside_the_export(run, tmp_path, capsys):
+    out = tmp_path / "exported.onnx"
+    ckpt = run["dir"] / "checkpoints" / "best.ckpt"
+    assert main(["nlp", "export", "--ckpt", str(ckpt), "--out", str(out), "--int8"]) == 0
+    assert capsys.readouterr().out.strip().endswith("exported.onnx")
+    int8 = tmp_path / "exported.int8.onnx"
+    summary = json.loads((tmp_path / "exported.int8.json").read_text())
+    assert summary["n"] == 72 and summary["split"] == "test"  # the same carve fit held out
+    assert summary["change"]["accuracy"] == pytest.approx(summary["int8"]["accuracy"] - summary["fp32"]["accuracy"])
+    assert load_model(int8, "cpu", app="nlp").meta["export"]["precision"].startswith("int8")
