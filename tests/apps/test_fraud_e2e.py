@@ -54,6 +54,11 @@ def test_fit_writes_a_complete_run(run):
     assert m["test"]["decision"]["threshold"] == m["post_fit"]["threshold"]
     card = (run / "model_card.md").read_text()
     assert "HistGradientBoosting" in card and f"{m['test']['auprc']:.4f}" in card
+    importance = m["feature_importance"]["mean_abs_attribution"]
+    assert set(importance) == {"amount", "hour", "distance_km", "device_score", "customer_txn_24h",
+                               "amount_vs_history", "merchant_category", "channel", "country"}
+    assert list(importance.values()) == sorted(importance.values(), reverse=True) and max(importance.values()) > 0
+    assert "## Feature importance (integrated gradients, test)" in card and (run / "plots/feature_importance.png").is_file()
 
 
 def test_onnx_carries_features_and_threshold(run):
@@ -116,6 +121,12 @@ def test_predict_streams_keeps_ids_and_flags_bad_rows(run, raw_rows, tmp_path, c
     other = pl.read_csv(tmp_path / "b.csv")
     keep = out["error"].is_null().to_numpy()
     np.testing.assert_allclose(other["score"].to_numpy()[keep], out["score"].to_numpy()[keep], atol=1e-6)
+    # Parquet read in sliced chunks (1500 rows = 5 x 256 + 220): same rows, same order, same scores
+    assert main(["fraud", "predict", "--model", model, str(parquet), "--out", str(tmp_path / "c.parquet"),
+                 "--chunk-size", "256"]) == 0
+    sliced = pl.read_parquet(tmp_path / "c.parquet")
+    assert sliced["transaction_id"].to_list() == raw_rows["transaction_id"].to_list()
+    np.testing.assert_allclose(sliced["score"].to_numpy(), other["score"].to_numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("case", ["missing_column", "empty", "header_only", "other_app_output"])
@@ -194,3 +205,62 @@ def test_serve_scores_json_rows_and_rejects_bad_ones(run, raw_rows):
 
 def _spec(run) -> FeatureSpec:
     return FeatureSpec.from_meta(read_metadata(run / "model.onnx")["preprocess"])
+
+
+def test_explain_attributes_each_row_and_matches_predict(run, raw_rows, tmp_path, capsys):
+    text = raw_rows.head(60).with_columns(pl.col("amount").cast(pl.String))
+    text = text.with_columns(amount=pl.when(pl.int_range(pl.len()) == 5).then(pl.lit("abc")).otherwise(pl.col("amount")))
+    path = tmp_path / "in.csv"
+    text.write_csv(path)
+    out = tmp_path / "why.csv"
+    assert main(["fraud", "explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), str(path), "--out", str(out),
+                 "--rows", "50", "--steps", "64"]) == 0
+    assert "explained 49 of 50 rows" in capsys.readouterr().err
+    why = pl.read_csv(out)
+    assert why.height == 50 and why.columns[:2] == ["transaction_id", "customer_id"]
+    assert why["error"][5] == "amount: not a number" and why["score"][5] is None
+    attr = why.select(pl.selectors.starts_with("attr_")).drop_nulls()
+    assert attr.width == 9 and attr.height == 49
+    # attributions add up to log-odds minus the baseline's: the same offset for every row
+    offset = why["log_odds"].drop_nulls().to_numpy() - attr.to_numpy().sum(1)
+    assert np.ptp(offset) < 0.1 < np.ptp(why["log_odds"].drop_nulls().to_numpy())
+    assert main(["fraud", "predict", "--model", str(run / "model.onnx"), str(path), "--out", str(tmp_path / "p.csv"),
+                 "--provider", "cpu"]) == 0
+    scores = pl.read_csv(tmp_path / "p.csv")["score"].head(50)
+    np.testing.assert_allclose(why["score"].fill_null(-1).to_numpy(), scores.fill_null(-1).to_numpy(), atol=1e-4)
+    assert main(["fraud", "explain", "--ckpt", str(tmp_path / "nope.ckpt"), str(path)]) == 2
+
+
+def test_autoencoder_option_fits_exports_and_predicts(tmp_path):
+    run_dir = tmp_path / "ae"
+    assert main(["fraud", "fit", "--config", TINY, *FAST, "--trainer.max_epochs", "1", "--model.arch", "autoencoder",
+                 "--model.ae_train_on", "all", "--baselines", "false", "--run_dir", str(run_dir)]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test"]["auprc"] == pytest.approx(m["test_torch"]["auprc"], abs=1e-4)
+    assert m["test"]["auprc"] > 1.5 * m["test"]["frauds"] / m["test"]["n"]  # reconstruction error ranks frauds higher
+    assert 0 < m["post_fit"]["threshold"] < 1
+    rows = generate(500, 0.05, seed=9).drop("is_fraud")
+    rows.write_parquet(tmp_path / "in.parquet")
+    assert main(["fraud", "predict", "--model", str(run_dir / "model.onnx"), str(tmp_path / "in.parquet"),
+                 "--out", str(tmp_path / "s.parquet")]) == 0
+    assert pl.read_parquet(tmp_path / "s.parquet")["score"].is_between(0, 1).all()
+
+
+def test_gan_oversampling_adds_synthetic_frauds_to_train_only(tmp_path):
+    run_dir = tmp_path / "gan"
+    assert main(["fraud", "fit", "--config", TINY, *FAST, "--trainer.max_epochs", "1", "--data.gan_oversample", "1.5",
+                 "--data.gan_steps", "10", "--baselines", "false", "--run_dir", str(run_dir)]) == 0
+    meta = read_metadata(run_dir / "model.onnx")
+    sizes, notes = meta["train"]["data"]["sizes"], meta["train"]["data"]["notes"]
+    assert sizes == {"train": 4200, "val": 900, "test": 900}  # the real splits are unchanged
+    frauds = int(generate(6000, 0.04, seed=0).head(4200)["is_fraud"].sum())
+    assert f"GAN oversampling: {round(1.5 * frauds)} synthetic frauds added to train" in " ".join(notes)
+
+
+def test_batch_scoring_session_does_not_spin(run):
+    from apps.finance.fraud.runtime import BATCH_SESSION
+
+    model = load_model(run / "model.onnx", "cpu", app="fraud", session_config=BATCH_SESSION)
+    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    proto = onnx.load(str(run / "model.onnx"))
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded into the Gemms at export

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from apps.finance.fraud.config import TabularModelConfig
-from apps.finance.fraud.features import FeatureSpec, encode
+from apps.finance.fraud.features import Encoded, FeatureSpec, encode
 from apps.finance.fraud.model import create_model
 from apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics, recall_at_fpr
 from apps.finance.fraud.synth import generate
@@ -101,3 +101,109 @@ def test_models_export_with_preprocessing_in_graph(table, arch, tmp_path):
     meta = export_onnx(WithProbabilities(net, False, 1.0), inputs, tmp_path / "m.onnx",
                        ["numeric", "categorical"], {"app": "fraud"})
     assert meta["export"]["parity_max_abs_diff"] <= 1e-4
+
+
+def _trained_bn_mlp(table, hidden=(16, 8)):
+    """An MLP whose batch norms hold data statistics (as after training)."""
+    cols = detect_columns(table.schema, "t")
+    spec = FeatureSpec.fit(table, cols, 1, None)
+    net = create_model(spec, TabularModelConfig(hidden=list(hidden)))
+    enc = encode(table, spec)
+    inputs = (torch.from_numpy(enc.numeric), torch.from_numpy(enc.categorical))
+    with torch.no_grad():
+        net.train()(*inputs)
+    return net.eval(), spec, enc, inputs
+
+
+def test_fold_batch_norm_keeps_outputs_and_drops_the_norms(table):
+    from apps.finance.fraud.model import fold_batch_norm
+
+    net, _, _, inputs = _trained_bn_mlp(table)
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())  # the trained net is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(folded(*inputs), net(*inputs), atol=1e-4, rtol=1e-4)
+
+
+def test_category_codes_count_unseen_but_not_missing():
+    from apps.finance.fraud.features import category_codes
+
+    spec = FeatureSpec(numeric=[], categorical=["a", "b", "c"], log=[], center=[], scale=[],
+                       vocab={"a": ["x", "y"], "b": [], "c": ["true"]})
+    df = pl.DataFrame({"a": ["y", None, "zz", "x"], "b": ["q", None, "r", "s"], "c": [True, False, None, True]})
+    codes, unknown = category_codes(df, spec)
+    assert codes.tolist() == [[2, 0, 1], [0, 0, 0], [0, 0, 0], [1, 0, 1]] and codes.dtype == np.int64
+    assert unknown == {"a": 1, "b": 3, "c": 1}
+
+
+def test_autoencoder_scores_reconstruction_error(table, tmp_path):
+    from apps.finance.fraud.model import served_module
+    from core.export import export_onnx
+
+    cols = detect_columns(table.schema, "t")
+    spec = FeatureSpec.fit(table, cols, 1, None)
+    net = create_model(spec, TabularModelConfig(arch="autoencoder", ae_hidden=[8, 3], dropout=0.0))
+    normal = encode(table.filter(pl.col("is_fraud") == 0), spec)
+    fraud = encode(table.filter(pl.col("is_fraud") == 1), spec)
+    x = (torch.from_numpy(normal.numeric), torch.from_numpy(normal.categorical))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(150):  # learn the normal rows only
+        loss = net.reconstruction_error(*net.embed(*x)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        error = net.reconstruction_error(*net.embed(*x))
+        probs = served_module(net)(*x)
+        fraud_probs = served_module(net)(torch.from_numpy(fraud.numeric), torch.from_numpy(fraud.categorical))
+    torch.testing.assert_close(probs[:, 1], error / (1 + error))  # score = e / (1 + e), monotone in e
+    y = np.r_[np.zeros(len(probs)), np.ones(len(fraud_probs))]
+    assert fraud_metrics(y, np.r_[probs[:, 1], fraud_probs[:, 1]])["auroc"] > 0.75  # frauds reconstruct worse
+    meta = export_onnx(served_module(net), x, tmp_path / "ae.onnx", ["numeric", "categorical"], {"app": "fraud"})
+    assert meta["export"]["parity_max_abs_diff"] <= 1e-4
+
+
+def test_gan_feature_space_round_trip_and_oversampling(table):
+    from apps.finance.fraud.gan import from_feature_space, oversample, to_feature_space
+
+    cols = detect_columns(table.schema, "t")
+    spec = FeatureSpec.fit(table, cols, 1, None)
+    fraud = encode(table.filter(pl.col("is_fraud") == 1), spec)
+    z = to_feature_space(fraud, spec)
+    back = Encoded(*from_feature_space(z, spec), fraud.errors, {})
+    np.testing.assert_allclose(to_feature_space(back, spec), z, atol=1e-4)  # exact up to the graph's clip
+    assert (np.isnan(back.numeric) == np.isnan(fraud.numeric)).all() and (back.categorical == fraud.categorical).all()
+    torch.manual_seed(0)
+    fake = oversample(fraud, spec, 300, steps=150)
+    assert fake.numeric.shape == (300, len(spec.numeric)) and fake.numeric.dtype == np.float32
+    assert ((fake.categorical >= 0) & (fake.categorical < np.array(spec.cardinalities))).all()
+    # the generator moved from noise toward the frauds: amounts and device scores on the fraud side
+    normal = encode(table.filter(pl.col("is_fraud") == 0), spec)
+    j = spec.numeric.index("device_score")
+    assert abs(np.nanmean(fake.numeric[:, j]) - np.nanmean(fraud.numeric[:, j])) < abs(
+        np.nanmean(normal.numeric[:, j]) - np.nanmean(fraud.numeric[:, j]))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "ft_transformer", "autoencoder"])
+def test_integrated_gradients_are_complete(table, arch):
+    from apps.finance.fraud.explain import baseline_inputs, integrated_gradients, log_odds
+
+    cols = detect_columns(table.schema, "t")
+    spec = FeatureSpec.fit(table, cols, 1, None)
+    torch.manual_seed(0)
+    net = create_model(spec, TabularModelConfig(arch=arch, hidden=[16], d_token=8, n_layers=1, n_heads=2,
+                                                ae_hidden=[8, 3])).eval()
+    enc = encode(table.head(40), spec)
+    attr, odds, gap = integrated_gradients(net, spec, enc.numeric, enc.categorical, steps=128)
+    assert attr.shape == (40, len(spec.numeric) + len(spec.categorical))
+    with torch.no_grad():
+        base = log_odds(net.head_from(*baseline_inputs(net, spec))).item()
+    np.testing.assert_allclose(attr.sum(1), odds - base, atol=0.02 * max(1.0, np.abs(odds - base).max()))
+    assert np.abs(gap).max() < 0.02 * max(1.0, np.abs(odds - base).max())
+    # the baseline row itself (medians, nothing missing, top categories) gets no attribution
+    center = np.where(spec.log, np.sign(spec.center) * np.expm1(np.abs(spec.center)), spec.center)
+    row = np.asarray(center, np.float32)[None]
+    attr0, _, _ = integrated_gradients(net, spec, row, np.ones((1, len(spec.categorical)), np.int64), steps=8)
+    np.testing.assert_allclose(attr0, 0, atol=1e-5)

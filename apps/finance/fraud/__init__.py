@@ -6,7 +6,7 @@ from core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="fraud",
-    help="fraud detection on tabular transactions: MLP/FT-Transformer, cost threshold, streaming ONNX scoring",
+    help="fraud detection on tabular transactions: MLP/FT-Transformer/autoencoder, cost threshold, streaming ONNX scoring",
     task="tabular_classification",
     config_class="apps.finance.fraud.config:FraudFitConfig",
     configs_dir=Path(__file__).parent / "configs",
@@ -15,5 +15,7 @@ APP = AppSpec(
     commands=(
         AppCommand("predict", "score a CSV/Parquet table in streaming chunks (ONNX Runtime, no torch)",
                    "apps.finance.fraud.runtime:predict_command"),
+        AppCommand("explain", "integrated-gradients feature attributions per transaction, from a checkpoint (torch)",
+                   "apps.finance.fraud.explain:main"),
     ),
 )

@@ -45,6 +45,10 @@ class TabularDataConfig:
     """builtin:transactions: share of fraudulent rows."""
     synth_seed: int = 0
     """builtin:transactions: generator seed."""
+    gan_oversample: float = 0.0
+    """Add GAN-generated frauds to the training split only, as a multiple of its real frauds (1.0 doubles them); 0: off."""
+    gan_steps: int = 2000
+    """Generator steps of the oversampling WGAN-GP (5 critic steps each)."""
     batch_size: int = 512
     """Rows per training step."""
     num_workers: int = 0
@@ -53,10 +57,11 @@ class TabularDataConfig:
 
 @dataclass
 class TabularModelConfig:
-    """The network: an MLP or an FT-Transformer-like attention model."""
+    """The network: an MLP, an FT-Transformer-like attention model, or an autoencoder anomaly score."""
 
     arch: str = "mlp"
-    """`mlp` (batch norm, dropout) or `ft_transformer` (a token per feature, self-attention)."""
+    """`mlp` (batch norm, dropout), `ft_transformer` (a token per feature, self-attention) or `autoencoder`
+    (reconstruction error as the score; for scarce labels)."""
     hidden: list[int] = field(default_factory=lambda: [128, 64])
     """MLP hidden widths."""
     dropout: float = 0.1
@@ -69,6 +74,10 @@ class TabularModelConfig:
     """FT-Transformer: attention layers."""
     n_heads: int = 4
     """FT-Transformer: attention heads."""
+    ae_hidden: list[int] = field(default_factory=lambda: [32, 8])
+    """Autoencoder: encoder widths, the last is the bottleneck (the decoder mirrors them)."""
+    ae_train_on: str = "normal"
+    """Autoencoder: learn to reconstruct `normal` rows only (labels needed on train) or `all` rows (no labels)."""
     pretrained: str | None = None
     """Unused (tabular models start from scratch); kept for the shared fit pipeline."""
     freeze_epochs: int = 0

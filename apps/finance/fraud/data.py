@@ -39,9 +39,29 @@ class TabularDataModule(L.LightningDataModule):
                 first = enc.first_error
                 raise DataError(f"{source}: {int(enc.bad.sum())} {split} rows have bad values (first: {first})")
         self.labels, self.multilabel = LABELS, False
+        if cfg.gan_oversample < 0 or cfg.gan_steps < 1:
+            raise ConfigError("--data.gan_oversample must be >= 0 and --data.gan_steps >= 1")
+        self.synthetic = self._oversample() if cfg.gan_oversample > 0 else None
+
+    def _oversample(self) -> Encoded:
+        """GAN frauds for the training split (apps/finance/fraud/gan.py)."""
+        from apps.finance.fraud.gan import oversample
+
+        frauds = np.flatnonzero(self.y["train"] == 1)
+        enc = self.encoded["train"]
+        real = Encoded(enc.numeric[frauds], enc.categorical[frauds], enc.errors[:0], {})
+        n_new = int(round(self.cfg.gan_oversample * len(frauds)))
+        seed = int(torch.randint(0, 2**31 - 1, ()))  # from the run's --seed (fit seeds torch before building data)
+        return oversample(real, self.spec, n_new, self.cfg.gan_steps, seed=seed)
 
     def _dataset(self, split: str) -> TensorDataset:
-        return TensorDataset(*self.inputs(split), torch.from_numpy(self.y[split]))
+        tensors = [*self.inputs(split), torch.from_numpy(self.y[split])]
+        if split == "train" and self.synthetic is not None:
+            extra = [torch.from_numpy(self.synthetic.numeric)]
+            extra += [torch.from_numpy(self.synthetic.categorical)] if self.spec.categorical else []
+            extra.append(torch.ones(len(self.synthetic.numeric), dtype=torch.int64))
+            tensors = [torch.cat([a, b]) for a, b in zip(tensors, extra)]
+        return TensorDataset(*tensors)
 
     def inputs(self, split: str, n: int | None = None) -> tuple[torch.Tensor, ...]:
         """Graph inputs of a split: (numeric,) or (numeric, categorical)."""
@@ -75,6 +95,8 @@ class TabularDataModule(L.LightningDataModule):
         if mode is None:
             return None
         counts = np.bincount(self.y["train"], minlength=2).astype(float)
+        if self.synthetic is not None:  # weights for the rows the network trains on
+            counts[1] += len(self.synthetic.numeric)
         if mode in ("balanced", "sqrt"):
             w = counts.sum() / (2 * counts)
             return (np.sqrt(w) if mode == "sqrt" else w).tolist()
@@ -96,6 +118,9 @@ class TabularDataModule(L.LightningDataModule):
             f"categorical ({len(c.categorical)}): {', '.join(c.categorical) or 'none'}",
             f"split: {self.cfg.split if c.time or self.cfg.split == 'random' else 'random (no time column)'}",
         ]
+        if self.synthetic is not None:
+            notes.append(f"GAN oversampling: {len(self.synthetic.numeric)} synthetic frauds added to train "
+                         f"({self.cfg.gan_oversample:g} x its real frauds, WGAN-GP, {self.cfg.gan_steps} steps)")
         if self.cfg.path == "builtin:transactions":
             notes.append(f"synthetic transactions: {self.cfg.synth_rows} rows, fraud rate {self.cfg.synth_fraud_rate}, "
                          f"seed {self.cfg.synth_seed}")

@@ -160,20 +160,30 @@ def numeric_matrix(df: pl.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, pl.
         values.append(value.cast(pl.Float32).alias(name))
     error = pl.coalesce(errors) if errors else pl.lit(None, pl.String)
     out = df.select(*values, error.alias("__error__"))
-    matrix = out.select(spec.numeric).to_numpy().astype(np.float32, copy=False) if spec.numeric else np.zeros((df.height, 0), np.float32)
+    matrix = np.ascontiguousarray(out.select(spec.numeric).to_numpy(), dtype=np.float32) if spec.numeric else np.zeros((df.height, 0), np.float32)
     return matrix, out["__error__"].cast(pl.String)
+
+
+def category_codes(df: pl.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, dict[str, int]]:
+    """((N, C) int64 codes: vocabulary index + 1, 0 = unknown or missing; unseen values per column).
+
+    One vectorised polars pass: each column is cast to an Enum of its vocabulary (values outside
+    it become null), whose physical code + 1 is the model's code.
+    """
+    if not spec.categorical:
+        return np.zeros((df.height, 0), np.int64), {}
+    codes = df.select([
+        (pl.col(name).cast(pl.String).cast(pl.Enum(spec.vocab[name]), strict=False)
+         .to_physical().cast(pl.Int64).fill_null(-1) + 1).alias(name)
+        for name in spec.categorical
+    ])
+    zeros = codes.select((pl.col(name) == 0).sum() for name in spec.categorical).row(0) if df.height else None
+    unknown = {name: int(zeros[j]) - df[name].null_count() if zeros else 0 for j, name in enumerate(spec.categorical)}
+    return np.ascontiguousarray(codes.to_numpy(), dtype=np.int64), unknown
 
 
 def encode(df: pl.DataFrame, spec: FeatureSpec) -> Encoded:
     """Raw rows -> (numeric, categorical codes); bad values become row errors, not exceptions."""
     numeric, errors = numeric_matrix(df, spec)
-    codes, unknown = [], {}
-    for name in spec.categorical:
-        mapping = {v: i + 1 for i, v in enumerate(spec.vocab[name])}
-        text = pl.col(name).cast(pl.String)
-        code = text.replace_strict(mapping, default=0, return_dtype=pl.Int64)
-        frame = df.select(code.alias("code"), (text.is_not_null() & (code == 0)).sum().alias("unknown"))
-        codes.append(frame["code"].to_numpy())
-        unknown[name] = int(frame["unknown"][0]) if frame.height else 0
-    categorical = np.stack(codes, axis=1) if codes else np.zeros((df.height, 0), np.int64)
-    return Encoded(numeric, categorical.astype(np.int64, copy=False), errors, unknown)
+    categorical, unknown = category_codes(df, spec)
+    return Encoded(numeric, categorical, errors, unknown)

@@ -2,11 +2,16 @@
 
 inputs: numeric (B, F) float32 with NaN for missing, categorical (B, C) int64 codes (0 = unknown)
 -> RawFeatures: log (selected columns), fill, robust scaling, clip, missing indicators
--> MLP or FT-Transformer -> logits (B, 2)
+-> MLP, FT-Transformer or autoencoder -> logits (B, 2)
+
+Every network splits into `embed(numeric, categorical) -> (x, missing, vectors)` (the
+continuous inputs integrated gradients work on: scaled numerics (B, F), missing flags (B, F),
+one vector per categorical (B, C, E)) and `head(x, missing, vectors) -> logits`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -57,12 +62,16 @@ class TabularMLP(nn.Module):
         self.head = nn.Linear(width, 2)
         self.backbone = nn.ModuleList([self.body])  # what ClassificationTask groups as `backbone`
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
         x, missing, codes = self.features(numeric, categorical)
-        parts = [x, missing]
-        if self.embedding is not None:
-            parts.append(self.embedding(codes).flatten(1))  # (B, C * E)
+        return x, missing, self.embedding(codes) if self.embedding is not None else None  # vectors (B, C, E)
+
+    def head_from(self, x: torch.Tensor, missing: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+        parts = [x, missing] + ([vectors.flatten(1)] if vectors is not None else [])  # (B, 2F + C * E)
         return self.head(self.body(torch.cat(parts, dim=1)))  # (B, 2)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head_from(*self.embed(numeric, categorical))
 
 
 class Attention(nn.Module):
@@ -111,22 +120,103 @@ class FTTransformer(nn.Module):
         self.norm, self.head = nn.LayerNorm(d_token), nn.Linear(d_token, 2)
         self.backbone = nn.ModuleList([self.blocks])
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
         x, missing, codes = self.features(numeric, categorical)
+        return x, missing, self.embedding(codes) if self.embedding is not None else None  # vectors (B, C, D)
+
+    def head_from(self, x: torch.Tensor, missing: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
         tokens = x.unsqueeze(-1) * self.num_weight + self.num_bias + missing.unsqueeze(-1) * self.missing  # (B, F, D)
-        parts = [self.cls.expand(len(x), -1, -1), tokens]
-        if self.embedding is not None:
-            parts.append(self.embedding(codes))  # (B, C, D)
+        parts = [self.cls.expand(len(x), -1, -1), tokens] + ([vectors] if vectors is not None else [])
         h = self.blocks(torch.cat(parts, dim=1))  # (B, 1 + F + C, D)
         return self.head(F.relu(self.norm(h[:, 0])))  # (B, 2)
 
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head_from(*self.embed(numeric, categorical))
+
+
+class TabularAutoencoder(nn.Module):
+    """Anomaly score for scarce labels: reconstruct [scaled numerics, missing flags, one-hot
+    categories]; the mean squared reconstruction error e is the score.
+
+    To keep the app's contract (softmax over two logits, column 1 = fraud) the logits are
+    [0, log e], so the fraud "probability" is e / (1 + e): monotone in e, in [0, 1).
+    """
+
+    def __init__(self, spec: FeatureSpec, hidden: list[int], dropout: float):
+        super().__init__()
+        self.features = RawFeatures(spec)
+        total = sum(spec.cardinalities) if spec.categorical else 0
+        self.register_buffer("onehot", torch.eye(total) if total else None)  # (K, K): code -> one-hot
+        width = 2 * len(spec.numeric) + total
+        widths = [width, *hidden]
+        encoder, decoder = [], []
+        for a, b in zip(widths[:-1], widths[1:]):
+            encoder += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+        for a, b in zip(widths[::-1][:-1], widths[::-1][1:]):
+            decoder += [nn.Linear(a, b), nn.ReLU()]
+        self.encoder = nn.Sequential(*encoder[:-2])  # linear bottleneck
+        self.decoder = nn.Sequential(*decoder[:-1])  # linear output
+        self.backbone = nn.ModuleList([self.encoder, self.decoder])
+
+    def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
+        x, missing, codes = self.features(numeric, categorical)
+        return x, missing, self.onehot[codes] if self.onehot is not None else None  # vectors (B, C, K)
+
+    def reconstruction_error(self, x: torch.Tensor, missing: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+        """(B,) mean squared error over the D reconstructed values."""
+        target = torch.cat([x, missing] + ([vectors.sum(1)] if vectors is not None else []), dim=1)  # (B, D)
+        return (self.decoder(self.encoder(target)) - target).pow(2).mean(1)
+
+    def head_from(self, x: torch.Tensor, missing: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+        error = self.reconstruction_error(x, missing, vectors)
+        return torch.stack([torch.zeros_like(error), torch.log(error + 1e-12)], dim=1)  # (B, 2)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head_from(*self.embed(numeric, categorical))
+
+
+def fold_batch_norm(net: nn.Module) -> nn.Module:
+    """A copy of `net` (eval mode) where each Linear -> BatchNorm1d pair is one Linear.
+
+    Same outputs (up to float rounding) and a shorter ONNX graph: ONNX Runtime does not fold
+    BatchNormalization into Gemm, and without it Gemm + Relu fuse into one kernel.
+    """
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+    net = copy.deepcopy(net).eval()
+    for module in list(net.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            linear, norm = module[i], module[i + 1]
+            if isinstance(linear, nn.Linear) and isinstance(norm, nn.BatchNorm1d) and norm.track_running_stats:
+                module[i], module[i + 1] = fuse_linear_bn_eval(linear, norm), nn.Identity()
+    return net
+
+
+def served_module(net: nn.Module, temperature: float = 1.0) -> nn.Module:
+    """What fit exports: the network with batch norm folded, then softmax (B, 2).
+
+    (Folding the embeddings into the first layer as gathered rows was tried: ORT ran it 1.5x
+    slower than the one Gemm over the concatenated inputs.)
+    """
+    from core.models.heads import WithProbabilities
+
+    return WithProbabilities(fold_batch_norm(net), False, temperature)
+
 
 def create_model(spec: FeatureSpec, cfg) -> nn.Module:
-    """`cfg.arch`: `mlp` or `ft_transformer` (cfg = TabularModelConfig)."""
+    """`cfg.arch`: `mlp`, `ft_transformer` or `autoencoder` (cfg = TabularModelConfig)."""
     if cfg.arch == "mlp":
         return TabularMLP(spec, cfg.hidden, cfg.dropout, cfg.embedding_dim)
     if cfg.arch in ("ft_transformer", "ft-transformer", "ftt"):
         return FTTransformer(spec, cfg.d_token, cfg.n_layers, cfg.n_heads, cfg.dropout)
+    if cfg.arch == "autoencoder":
+        if not cfg.ae_hidden:
+            from core.errors import ConfigError
+
+            raise ConfigError("--model.ae_hidden: give at least one width (the bottleneck)")
+        return TabularAutoencoder(spec, cfg.ae_hidden, cfg.dropout)
     from core.errors import ConfigError
 
-    raise ConfigError(f"--model.arch {cfg.arch}: choose mlp or ft_transformer")
+    raise ConfigError(f"--model.arch {cfg.arch}: choose mlp, ft_transformer or autoencoder")

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from apps.finance.fraud.data import TabularDataModule
 from apps.finance.fraud.features import LABELS
-from apps.finance.fraud.model import create_model
+from apps.finance.fraud.model import create_model, served_module
 from apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics
 from core.errors import ConfigError
 from core.pipelines import Built
@@ -37,8 +37,38 @@ class FraudTask(ClassificationTask):
         return ((1 - p_t) ** self.focal_gamma * ce).sum() / weight.sum()
 
 
-def _task(built: Built, cfg, config: dict, class_weights: list[float] | None) -> FraudTask:
+class AutoencoderTask(ClassificationTask):
+    """Trains TabularAutoencoder on reconstruction error: of normal rows only (`train_on="normal"`)
+    or of every row, labels unused (`"all"`). Validation ranks rows by the error (val/auprc)."""
+
+    def __init__(self, *args, train_on: str = "normal", **kwargs):
+        super().__init__(*args, **kwargs)
+        if train_on not in ("normal", "all"):
+            raise ConfigError(f"--model.ae_train_on {train_on}: choose normal or all")
+        self.train_on = train_on
+
+    def reconstruction_loss(self, inputs: tuple, target: torch.Tensor, normal_only: bool) -> torch.Tensor:
+        error = self.net.reconstruction_error(*self.net.embed(*inputs))  # (B,)
+        if normal_only:
+            error = error[target == 0]
+        return error.mean() if error.numel() else error.sum()
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        *inputs, target = batch
+        loss = self.reconstruction_loss(inputs, target, self.train_on == "normal")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def _evaluate(self, batch: tuple, metrics, prefix: str) -> None:
+        *inputs, target = batch
+        self.log(f"{prefix}/loss", self.reconstruction_loss(inputs, target, True), batch_size=len(target), sync_dist=True)
+        metrics.update(self.probabilities(self(*inputs).float()), target)
+
+
+def _task(built: Built, cfg, config: dict, class_weights: list[float] | None) -> ClassificationTask:
     hparams = {"config": config, "inputs": built.inputs, "preprocess": built.preprocess, "weights": built.weights}
+    if cfg.model.arch == "autoencoder":
+        return AutoencoderTask(built.net, built.labels, False, cfg.optim, None, hparams, train_on=cfg.model.ae_train_on)
     return FraudTask(built.net, built.labels, False, cfg.optim, class_weights, hparams, focal_gamma=cfg.optim.focal_gamma)
 
 
@@ -65,6 +95,7 @@ def build(cfg, pretrained: str | None = None, labels: list[str] | None = None, m
         preprocess=spec.to_meta() | {"in_graph": "sign*log1p on `log` columns, NaN -> center, (x - center) / scale, "
                                      "clip to +-clip, missing indicators, embeddings (0 = unknown)"},
         weights=f"random init ({cfg.model.arch})", dummy_inputs=dummy, task_factory=_task,
+        export_wrapper=served_module,
     )
 
 

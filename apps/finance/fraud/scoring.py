@@ -1,9 +1,12 @@
-"""Fraud metrics and the cost-based threshold, on numpy scores (scikit-learn; no torch)."""
+"""Fraud metrics and the cost-based threshold, on numpy scores (scikit-learn; no torch).
+
+scikit-learn is imported inside the metric functions: predict imports this module and must
+not pay for it (about a second of process start).
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def fraud_metrics(y: np.ndarray, score: np.ndarray, fpr: float = 0.01, top_k: int = 100) -> dict:
@@ -13,6 +16,8 @@ def fraud_metrics(y: np.ndarray, score: np.ndarray, fpr: float = 0.01, top_k: in
         y: (N,) 0/1 targets.
         score: (N,) fraud probabilities.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     y, score = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
     both = len(np.unique(y)) == 2
     k = min(top_k, len(y))
@@ -30,6 +35,8 @@ def fraud_metrics(y: np.ndarray, score: np.ndarray, fpr: float = 0.01, top_k: in
 
 def recall_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float) -> float:
     """Largest recall whose false-positive rate is at most `fpr`."""
+    from sklearn.metrics import roc_curve
+
     fprs, tprs, _ = roc_curve(y, score)
     return float(tprs[fprs <= fpr].max())
 
