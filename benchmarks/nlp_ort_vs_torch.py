@@ -15,11 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
+from timing import interleaved_median_ms  # benchmarks/timing.py (scripts run from this folder)
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    return 1000 * median_seconds(fn, repeats, warmup)
+def with_threads(model, threads: int):
+    """The same model on a session with `threads` intra-op threads (torch gets as many)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    model.session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+    return model
 
 
 def main() -> None:
@@ -35,17 +41,20 @@ def main() -> None:
     parser.add_argument("--ckpt", help="default: checkpoints/best.ckpt beside the model")
     parser.add_argument("--shapes", nargs="+", default=["1x64", "32x128"])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads = ORT intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     model_path = Path(args.model)
     int8_path = Path(args.int8) if args.int8 else model_path.with_suffix(".int8.onnx")
     ckpt = Path(args.ckpt) if args.ckpt else model_path.parent / "checkpoints" / "best.ckpt"
-    fp32 = load_model(model_path, "cpu", app="nlp")
-    int8 = load_model(int8_path, "cpu", app="nlp") if int8_path.is_file() else None
+    fp32 = with_threads(load_model(model_path, "cpu", app="nlp"), args.threads)
+    int8 = with_threads(load_model(int8_path, "cpu", app="nlp"), args.threads) if int8_path.is_file() else None
     cfg = from_dict(APP.load_config_class(), checkpoint_config(ckpt))
     task, _ = load_checkpoint(APP, ckpt, cfg, with_data=False)
     net = task.net.eval()
     real = tokenizer_of(fp32).encode("an honest review of a product that mostly works as described " * 20).ids
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {model_path}")
+    print(f"torch {torch.__version__} and ONNX Runtime, {args.threads} threads each, calls interleaved; "
+          f"model {model_path}")
     print(f"{'batch x tokens':>15} {'torch ms':>9} {'ort fp32 ms':>11} {'ort int8 ms':>11} {'fp32/eager':>10} {'int8/fp32':>9}")
     for shape in args.shapes:
         b, t = (int(x) for x in shape.split("x"))
@@ -53,10 +62,12 @@ def main() -> None:
         mask = np.ones_like(ids)
         feeds = {"input_ids": ids, "attention_mask": mask}
         ti, tm = torch.from_numpy(ids), torch.from_numpy(mask)
+        calls = {"eager": lambda: net(ti, tm).softmax(-1), "fp32": lambda: fp32.run(feeds)}
+        if int8:
+            calls["int8"] = lambda: int8.run(feeds)
         with torch.inference_mode():
-            eager = median_ms(lambda: net(ti, tm).softmax(-1), args.repeats)
-        ort32 = median_ms(lambda: fp32.run(feeds), args.repeats)
-        ort8 = median_ms(lambda: int8.run(feeds), args.repeats) if int8 else float("nan")
+            ms = interleaved_median_ms(calls, args.repeats)
+        eager, ort32, ort8 = ms["eager"], ms["fp32"], ms.get("int8", float("nan"))
         print(f"{shape:>15} {eager:9.2f} {ort32:11.2f} {ort8:11.2f} {eager / ort32:9.2f}x {ort32 / ort8:8.2f}x")
 
 

@@ -50,7 +50,7 @@ def write_run_report(
     }
     if samples:
         card["data"]["notes"] = card["data"]["notes"] + [
-            f"{samples} test images were saved to samples/ to try `deepapps {app.name} predict` on."
+            f"{samples} test inputs were saved to samples/ to try `deepapps {app.name} predict` on."
         ]
     return write_model_card(run_dir / "model_card.md", card | (info or {}))
 
