@@ -21,6 +21,7 @@ from apps.healthcare.signal_models import (
     SIGNAL_NETS, FCN, DftSpectrogram, ResNet1d, SignalClassifier, SignalFrontEnd, SpectrogramEncoder, fir_kernel,
 )
 from apps.healthcare.signals import SignalSettings, SignalSource, open_signal_source
+from core.data.class_weights import class_weights
 from core.errors import ConfigError
 from core.pipelines import Built
 
@@ -78,12 +79,7 @@ class SignalDataModule(L.LightningDataModule):
     def class_weights(self, mode: str | None) -> list[float] | None:
         """`optim.class_weights` when set; else `balanced` (n / (K * count) on train) for imbalance=loss."""
         mode = mode or ("balanced" if self.imbalance == "loss" else None)
-        if not mode:
-            return None
-        if mode != "balanced":
-            return [float(w) for w in mode.split(",")]
-        counts = np.maximum(np.asarray(list(self.source.class_counts("train").values()), float), 1)
-        return (counts.sum() / (len(counts) * counts)).tolist()
+        return class_weights(mode, list(self.source.class_counts("train").values()))
 
     def dataset(self, split: str) -> SignalDataset:
         idx = self.source.splits[split]

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from core.config import ImageDataConfig
+from core.data.class_weights import class_weights
 from core.data.image_sources import ImageSource, SplitSettings, open_image_source
 from core.runtime.images import ImageSpec, to_model_input
 
@@ -100,13 +101,8 @@ class ImageDataModule(L.LightningDataModule):
         return array[..., None] if array.ndim == 2 else array
 
     def class_weights(self, mode: str | None) -> list[float] | None:
-        """None, `balanced` (n / (K * count) on train) or explicit comma-separated weights."""
-        if not mode:
-            return None
-        if mode != "balanced":
-            return [float(w) for w in mode.split(",")]
-        counts = np.maximum(np.asarray(list(self.source.class_counts("train").values()), float), 1)
-        return (counts.sum() / (len(counts) * counts)).tolist()
+        """None, `balanced`, `sqrt` or explicit comma-separated weights (core.data.class_weights)."""
+        return class_weights(mode, list(self.source.class_counts("train").values()))
 
     def dataset(self, split: str) -> ImageDataset:
         transform = self.train_transform if split == "train" else self.eval_transform

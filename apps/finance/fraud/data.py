@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns, load_source, targets
 from apps.finance.tables import split_frame
+from core.data.class_weights import class_weights
 from core.errors import ConfigError, DataError
 
 
@@ -92,21 +93,10 @@ class TabularDataModule(L.LightningDataModule):
 
     def class_weights(self, mode: str | None) -> list[float] | None:
         """None, `balanced` (n / (2 n_class)), `sqrt` (its square root), or `w0,w1`."""
-        if mode is None:
-            return None
-        counts = np.bincount(self.y["train"], minlength=2).astype(float)
+        counts = np.bincount(self.y["train"], minlength=2)
         if self.synthetic is not None:  # weights for the rows the network trains on
             counts[1] += len(self.synthetic.numeric)
-        if mode in ("balanced", "sqrt"):
-            w = counts.sum() / (2 * counts)
-            return (np.sqrt(w) if mode == "sqrt" else w).tolist()
-        try:
-            weights = [float(v) for v in mode.split(",")]
-        except ValueError:
-            weights = []
-        if len(weights) != 2:
-            raise ConfigError(f"--optim.class_weights {mode}: use null, balanced, sqrt or two numbers w0,w1")
-        return weights
+        return class_weights(mode, counts)
 
     def summary(self) -> dict:
         sizes = {k: f.height for k, f in self.frames.items()}
