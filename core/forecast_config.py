@@ -19,6 +19,12 @@ class SeriesDataConfig:
     target: list[str] | None = None
     """Target columns; null takes every numeric column except timestamp and id (multivariate).
     One column, e.g. [OT], is the univariate mode."""
+    covariates: list[str] = field(default_factory=list)
+    """Past-observed covariate columns (numeric, known up to the forecast origin only): fed to the
+    model over the look-back, not forecast. Example: [HUFL, HULL] with --data.target '[OT]'."""
+    calendar: list[str] = field(default_factory=list)
+    """Known-future calendar features generated from the timestamps, for the look-back and the
+    horizon: any of minute, hour, weekday, day, month, dayofyear. Example: [hour, weekday, month]."""
     id_column: str | None = None
     """Series id column of a long file holding many series; null means one series."""
     freq: str | None = None
@@ -48,7 +54,8 @@ class ForecastModelConfig:
     """Network: a linear, recurrent or patch-transformer forecaster with RevIN and quantile outputs."""
 
     name: str = "dlinear"
-    """`dlinear` (trend/seasonal decomposition + linear), `rnn` (LSTM/GRU, direct multi-horizon
+    """`dlinear` (trend/seasonal decomposition + linear), `rlinear` (RevIN + one linear map shared
+    by all channels, Li et al. 2023), `rnn` (LSTM/GRU, direct multi-horizon
     head) or `patchtst` (channel-independent patch transformer)."""
     quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     """Predicted quantiles (must include 0.5, the point forecast); trained with pinball loss."""
@@ -78,6 +85,11 @@ class ForecastModelConfig:
     """Dropout (PatchTST blocks and head, RNN between layers)."""
     mse_weight: float = 0.0
     """Weight of an extra MSE term on the median (0 = pure pinball loss)."""
+    calibrate: bool = True
+    """Calibrate the outer quantiles on the validation split (per horizon step, a factor on each
+    quantile's distance to the median, split-conformal style), baked into the exported graph."""
+    exog_hidden: int = 32
+    """Hidden size of the small network that maps calendar features to an additive effect."""
     pretrained: str | None = None
     """Unused (forecasters train from scratch); present because the shared fit pipeline asks."""
 

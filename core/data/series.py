@@ -9,22 +9,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.errors import DataError
 from core.forecast_config import SeriesDataConfig
-from core.runtime.series import SeriesTable, load_table, season_length, split_ranges, window_starts
+from core.runtime.series import (
+    SeriesTable, calendar_features, load_table, season_length, split_ranges, window_starts,
+)
 
 
 class WindowDataset(Dataset):
-    """(history (L, C), future (H, C)) windows, z-scored, from several series."""
+    """(history (L, C) [, calendar (L+H, K)] [, covariates (L, P)], future (H, C)) windows from
+    several series; values and covariates z-scored, calendar features as generated."""
 
-    def __init__(self, values: list[torch.Tensor], index: np.ndarray, look_back: int, horizon: int):
+    def __init__(self, values: list[torch.Tensor], index: np.ndarray, look_back: int, horizon: int,
+                 calendar: list[torch.Tensor] | None = None, covariates: list[torch.Tensor] | None = None):
         self.values, self.index, self.look_back, self.horizon = values, index, look_back, horizon
+        self.calendar, self.covariates = calendar, covariates
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         series, start = self.index[i]
-        window = self.values[series][start : start + self.look_back + self.horizon]  # (L+H, C)
-        return window[: self.look_back], window[self.look_back :]
+        end = start + self.look_back + self.horizon
+        window = self.values[series][start:end]  # (L+H, C)
+        extra = []
+        if self.calendar is not None:
+            extra.append(self.calendar[series][start:end])  # (L+H, K)
+        if self.covariates is not None:
+            extra.append(self.covariates[series][start : start + self.look_back])  # (L, P)
+        return window[: self.look_back], *extra, window[self.look_back :]
 
 
 class SeriesDataModule(L.LightningDataModule):
@@ -33,7 +44,8 @@ class SeriesDataModule(L.LightningDataModule):
     def __init__(self, cfg: SeriesDataConfig):
         super().__init__()
         self.cfg = cfg
-        self.table: SeriesTable = load_table(cfg.path, cfg.timestamp, cfg.target, cfg.id_column, cfg.freq, cfg.fill)
+        self.table: SeriesTable = load_table(cfg.path, cfg.timestamp, cfg.target, cfg.id_column, cfg.freq, cfg.fill,
+                                             cfg.covariates)
         self.ranges = [
             split_ranges(len(s.values), cfg.split, self.table.freq, cfg.val_fraction, cfg.test_fraction)
             for s in self.table.series
@@ -42,6 +54,15 @@ class SeriesDataModule(L.LightningDataModule):
         self.mean = train.mean(axis=0).astype(np.float64)  # (C,)
         self.std = np.maximum(train.std(axis=0), 1e-8).astype(np.float64)  # (C,)
         self.normalized = [torch.from_numpy(((s.values - self.mean) / self.std).astype(np.float32)) for s in self.table.series]
+        self.calendar = ([torch.from_numpy(calendar_features(s.timestamps, cfg.calendar)) for s in self.table.series]
+                         if cfg.calendar else None)
+        self.covariate_mean = self.covariate_std = self.covariates = None
+        if cfg.covariates:
+            cov = np.concatenate([s.covariates[: r["train"][1]] for s, r in zip(self.table.series, self.ranges)])
+            self.covariate_mean = cov.mean(axis=0).astype(np.float64)  # (P,)
+            self.covariate_std = np.maximum(cov.std(axis=0), 1e-8).astype(np.float64)  # (P,)
+            self.covariates = [torch.from_numpy(((s.covariates - self.covariate_mean) / self.covariate_std).astype(np.float32))
+                               for s in self.table.series]
         self.index = {split: self._index(split) for split in ("train", "val", "test")}
         if len(self.index["train"]) == 0:
             shortest = min(self.table.series, key=lambda s: len(s.values))
@@ -85,6 +106,10 @@ class SeriesDataModule(L.LightningDataModule):
             f"{len(self.table.series)} series, {len(self.targets)} target columns, frequency {self.table.freq}; "
             f"z-score with training statistics; windows of {self.cfg.look_back} -> {self.cfg.horizon} steps, stride 1"
         ]
+        if self.cfg.covariates:
+            notes.append(f"past-observed covariates: {', '.join(self.cfg.covariates)}")
+        if self.cfg.calendar:
+            notes.append(f"known-future calendar features: {', '.join(self.cfg.calendar)}")
         return {
             "source": self.cfg.path,
             "labels": [],
@@ -95,7 +120,8 @@ class SeriesDataModule(L.LightningDataModule):
         }
 
     def dataset(self, split: str) -> WindowDataset:
-        return WindowDataset(self.normalized, self.index[split], self.cfg.look_back, self.cfg.horizon)
+        return WindowDataset(self.normalized, self.index[split], self.cfg.look_back, self.cfg.horizon,
+                             self.calendar, self.covariates)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.dataset(split), batch_size=self.cfg.batch_size, shuffle=shuffle,
@@ -110,9 +136,16 @@ class SeriesDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def example_batch(self, n: int = 8) -> tuple[torch.Tensor]:
-        """n raw (not z-scored) validation histories (n, L, C), as the exported graph takes them."""
+    def example_batch(self, n: int = 8) -> tuple[torch.Tensor, ...]:
+        """n raw (not z-scored) validation windows as the exported graph takes them: histories
+        (n, L, C) [, calendar (n, L+H, K)] [, raw covariates (n, L, P)]."""
         split = "val" if len(self.index["val"]) else "train"
         picks = self.index[split][np.linspace(0, len(self.index[split]) - 1, n).astype(int)]
-        raw = [self.table.series[k].values[s : s + self.cfg.look_back] for k, s in picks]
-        return (torch.from_numpy(np.stack(raw).astype(np.float32)),)
+        L, H = self.cfg.look_back, self.cfg.horizon
+        series = self.table.series
+        out = [np.stack([series[k].values[s : s + L] for k, s in picks])]
+        if self.calendar is not None:
+            out.append(np.stack([self.calendar[k][s : s + L + H].numpy() for k, s in picks]))
+        if self.covariates is not None:
+            out.append(np.stack([series[k].covariates[s : s + L] for k, s in picks]))
+        return tuple(torch.from_numpy(a.astype(np.float32)) for a in out)

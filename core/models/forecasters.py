@@ -62,6 +62,21 @@ class DLinear(nn.Module):
         return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
 
 
+class RLinear(nn.Module):
+    """One linear map L -> H*Q shared by every channel (Li et al., 2023: RevIN + Linear)."""
+
+    def __init__(self, look_back: int, horizon: int, n_quantiles: int, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(look_back, horizon * n_quantiles)
+        self.horizon, self.n_quantiles = horizon, n_quantiles
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        y = self.linear(self.drop(x.transpose(1, 2)))  # (B, C, H*Q)
+        return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
+
+
 class RNNForecaster(nn.Module):
     """GRU/LSTM over each channel's look-back; the last hidden state maps to all H*Q at once."""
 
@@ -136,50 +151,131 @@ class PatchTST(nn.Module):
         return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
 
 
+class Exogenous(nn.Module):
+    """Additive effect (B, H, C, Q) of known-future calendar features and past-observed covariates.
+
+    Calendar: each future step's K features -> a small MLP -> one value per channel and quantile.
+    Covariates: normalised per window, one linear map L -> H over time shared by the P covariates
+    (channel-independent, like the backbones), then P -> C*Q. Output layers start at zero, so an untrained head leaves
+    the backbone's forecast unchanged.
+    """
+
+    def __init__(self, look_back: int, horizon: int, channels: int, n_quantiles: int,
+                 n_calendar: int = 0, n_covariates: int = 0, hidden: int = 32):
+        super().__init__()
+        self.look_back, self.horizon, self.channels, self.n_quantiles = look_back, horizon, channels, n_quantiles
+        out = channels * n_quantiles
+        self.calendar = nn.Sequential(nn.Linear(n_calendar, hidden), nn.GELU(), nn.Linear(hidden, out)) if n_calendar else None
+        self.time = nn.Linear(look_back, horizon) if n_covariates else None
+        self.mix = nn.Linear(n_covariates, out) if n_covariates else None
+        for last in (self.calendar[-1] if self.calendar else None, self.mix):
+            if last is not None:
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+
+    def forward(self, calendar: torch.Tensor | None, covariates: torch.Tensor | None) -> torch.Tensor:
+        """calendar (B, L+H, K), covariates (B, L, P) z-scored -> (B, H, C, Q)."""
+        shape = (-1, self.horizon, self.channels, self.n_quantiles)
+        y = 0.0
+        if self.calendar is not None:
+            y = y + self.calendar(calendar[:, self.look_back :]).view(shape)  # future steps only
+        if self.mix is not None:
+            # each window's covariates on their own scale, like the targets under RevIN
+            mean = covariates.mean(dim=1, keepdim=True)
+            std = torch.sqrt(covariates.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+            over_time = self.time(((covariates - mean) / std).transpose(1, 2)).transpose(1, 2)  # (B, H, P)
+            y = y + self.mix(over_time).view(shape)
+        return y
+
+
 class Forecaster(nn.Module):
     """z-scored window (B, L, C) -> sorted quantiles (B, H, C, Q) on the same scale, RevIN inside."""
 
     def __init__(self, backbone: nn.Module, channels: int, revin: bool = True,
-                 mean: list[float] | None = None, std: list[float] | None = None):
+                 mean: list[float] | None = None, std: list[float] | None = None,
+                 exogenous: Exogenous | None = None,
+                 covariate_mean: list[float] | None = None, covariate_std: list[float] | None = None):
         super().__init__()
         self.backbone = backbone
         self.revin = RevIN(channels) if revin else None
+        self.exogenous = exogenous
         # training statistics, kept in the checkpoint so that export needs no data
         self.register_buffer("mean", torch.tensor(mean or [0.0] * channels, dtype=torch.float32))  # (C,)
         self.register_buffer("std", torch.tensor(std or [1.0] * channels, dtype=torch.float32))  # (C,)
+        n_cov = exogenous.mix.in_features if exogenous is not None and exogenous.mix is not None else 0
+        if n_cov:  # only then, so that checkpoints without covariates keep their keys
+            self.register_buffer("covariate_mean", torch.tensor(covariate_mean or [0.0] * n_cov, dtype=torch.float32))
+            self.register_buffer("covariate_std", torch.tensor(covariate_std or [1.0] * n_cov, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.revin is None:
-            return torch.sort(self.backbone(x), dim=-1).values
-        x, mean, std = self.revin.normalize(x)
+    def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None,
+                covariates: torch.Tensor | None = None, sort: bool = True) -> torch.Tensor:
+        """x (B, L, C), calendar (B, L+H, K), covariates (B, L, P), all but calendar z-scored.
+
+        `sort=False` (training) keeps each quantile on its own output, so that crossings early
+        in training do not route the outer quantiles' gradients into the median.
+        """
+        if self.revin is not None:
+            x, mean, std = self.revin.normalize(x)
         y = self.backbone(x)  # (B, H, C, Q)
-        return torch.sort(self.revin.denormalize(y, mean, std), dim=-1).values
+        if self.exogenous is not None:
+            y = y + self.exogenous(calendar, covariates)  # on the RevIN scale of each window
+        if self.revin is not None:
+            y = self.revin.denormalize(y, mean, std)
+        return torch.sort(y, dim=-1).values if sort else y
 
 
 class ServedForecaster(nn.Module):
-    """The exported graph: raw history (B, L, C) -> raw-scale quantiles (B, H, C, Q)."""
+    """The exported graph: raw history (B, L, C) [, calendar (B, L+H, K)] [, raw covariates (B, L, P)]
+    -> raw-scale quantiles (B, H, C, Q).
 
-    def __init__(self, net: Forecaster):
+    Args:
+        net: the trained forecaster.
+        extra_inputs: the optional inputs the graph takes, in order (`calendar`, `covariates`).
+        interval_scale: (H, Q) calibration factors on each quantile's distance to the median
+            (1 for the median); None leaves the quantiles as trained.
+        median_index: position of the 0.5 quantile.
+    """
+
+    def __init__(self, net: Forecaster, extra_inputs: tuple[str, ...] = (),
+                 interval_scale: list[list[float]] | None = None, median_index: int = 0):
         super().__init__()
-        self.net = net
+        self.net, self.extra_inputs, self.median_index = net, tuple(extra_inputs), median_index
+        scale = torch.tensor(interval_scale, dtype=torch.float32) if interval_scale is not None else None
+        self.register_buffer("interval_scale", scale, persistent=False)  # (H, Q) or None
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         mean, std = self.net.mean, self.net.std  # (C,)
-        y = self.net((history - mean) / std)  # (B, H, C, Q)
-        return y * std[:, None] + mean[:, None]
+        given = dict(zip(self.extra_inputs, extra))
+        covariates = given.get("covariates")
+        if covariates is not None:
+            covariates = (covariates - self.net.covariate_mean) / self.net.covariate_std
+        y = self.net((history - mean) / std, given.get("calendar"), covariates)  # (B, H, C, Q)
+        y = y * std[:, None] + mean[:, None]
+        if self.interval_scale is None:
+            return y
+        median = y[..., self.median_index : self.median_index + 1]  # (B, H, C, 1)
+        y = median + (y - median) * self.interval_scale[:, None, :]  # (H, 1, Q) over channels
+        return torch.sort(y, dim=-1).values
 
 
 def create_forecaster(cfg: ForecastModelConfig, look_back: int, horizon: int, channels: int,
-                      mean: list[float] | None = None, std: list[float] | None = None) -> Forecaster:
-    """The network named by `cfg.name`, wrapped with RevIN and sorted quantiles."""
+                      mean: list[float] | None = None, std: list[float] | None = None,
+                      n_calendar: int = 0, n_covariates: int = 0,
+                      covariate_mean: list[float] | None = None,
+                      covariate_std: list[float] | None = None) -> Forecaster:
+    """The network named by `cfg.name`, wrapped with RevIN, an optional exogenous head and sorted quantiles."""
     q = len(cfg.quantiles)
     if cfg.name == "dlinear":
         backbone = DLinear(look_back, horizon, q, cfg.kernel_size)
+    elif cfg.name == "rlinear":
+        backbone = RLinear(look_back, horizon, q, cfg.dropout)
     elif cfg.name == "rnn":
         backbone = RNNForecaster(horizon, q, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.dropout)
     elif cfg.name == "patchtst":
         backbone = PatchTST(look_back, horizon, q, cfg.patch_len, cfg.patch_stride, cfg.d_model, cfg.n_heads,
                             cfg.depth, cfg.d_ff, cfg.dropout)
     else:
-        raise ConfigError(f"--model.name {cfg.name}: choose dlinear, rnn or patchtst")
-    return Forecaster(backbone, channels, cfg.revin, mean, std)
+        raise ConfigError(f"--model.name {cfg.name}: choose dlinear, rlinear, rnn or patchtst")
+    exogenous = (Exogenous(look_back, horizon, channels, q, n_calendar, n_covariates, cfg.exog_hidden)
+                 if n_calendar or n_covariates else None)
+    return Forecaster(backbone, channels, cfg.revin, mean, std, exogenous, covariate_mean, covariate_std)

@@ -101,6 +101,7 @@ def write_forecast_report(run_dir: Path, app, built, cfg, config_yaml: str, metr
         f"{test['interval_width']:.4f} (z-scale). Torch test MSE {metrics['test_torch'].get('mse', float('nan')):.4f}, "
         f"validation MSE {metrics['val'].get('mse', float('nan')):.4f}.",
         "",
+        *_calibration_lines(metrics),
         "## Plots",
         "",
         *(f"![{p.stem}](plots/{p.name})\n" for p in plots if p),
@@ -111,11 +112,26 @@ def write_forecast_report(run_dir: Path, app, built, cfg, config_yaml: str, metr
         "## Intended use and limitations",
         "",
         "- Multi-horizon forecasts with prediction intervals for series like the training data, at the same frequency.",
-        "- Intervals are empirical quantiles learnt on the training period; check coverage above before trusting them.",
-        "- No covariates: the forecast uses the history of the target columns only.",
+        "- Intervals are quantiles learnt on the training period (rescaled on the validation period when calibrated); "
+        "check coverage above before trusting them.",
+        (f"- Inputs besides the targets' history: past covariates {cfg.data.covariates or 'none'}, "
+         f"calendar features {cfg.data.calendar or 'none'}."),
         "- The scores come from one held-out period; regime changes after it are not covered.",
     ]
     return write_text(run_dir / "model_card.md", "\n".join(lines) + "\n")
+
+
+def _calibration_lines(metrics: dict) -> list[str]:
+    """Coverage before/after the validation-fitted interval calibration, on validation and test."""
+    calibration = metrics.get("post_fit", {}).get("interval_calibration")
+    test = metrics["test"]
+    if not calibration:
+        return ["Intervals not calibrated (`--model.calibrate false` or no validation windows).", ""]
+    rows = [["validation (fitted here)", _f(calibration["val_coverage_before"]), _f(calibration["val_coverage_after"])],
+            ["test", _f(test.get("coverage_uncalibrated")), _f(test["coverage"])]]
+    return ["### Interval calibration", "",
+            f"Method: {calibration['method']} ({calibration['windows']} windows); nominal {test['nominal_coverage']:.2f}.", "",
+            _table(["split", "coverage before", "coverage after"], rows), ""]
 
 
 def _f(value) -> str:

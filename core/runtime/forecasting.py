@@ -12,7 +12,8 @@ import polars as pl
 from core.errors import DataError, DeepappsError
 from core.runtime import baselines
 from core.runtime.series import (
-    future_timestamps, load_table, prepare_frame, read_frame, season_length, split_ranges, window_starts, windows,
+    calendar_features, future_timestamps, load_table, prepare_frame, read_frame, season_length, shifted_timestamps,
+    split_ranges, window_starts, windows,
 )
 from core.runtime.session import OnnxModel
 
@@ -32,12 +33,32 @@ class ForecastEvaluation:
     mse_by_step: dict[str, list[float]] = field(default_factory=dict)  # name -> (H,) on the z-scale
 
 
-def forecast(model: OnnxModel, histories: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Quantiles (N, H, C, Q) for raw histories (N, L, C)."""
-    name = model.meta["inputs"][0]["name"]
-    out = [model.run({name: np.ascontiguousarray(histories[i : i + batch_size], dtype=np.float32)})
+def forecast(model: OnnxModel, histories: np.ndarray, batch_size: int = 256,
+             calendar: np.ndarray | None = None, covariates: np.ndarray | None = None) -> np.ndarray:
+    """Quantiles (N, H, C, Q) for raw histories (N, L, C) and, when the model takes them,
+    calendar features (N, L+H, K) and raw past covariates (N, L, P)."""
+    arrays = {"calendar": calendar, "covariates": covariates}
+    feeds = []
+    for spec in model.meta["inputs"]:
+        array = histories if spec is model.meta["inputs"][0] else arrays.get(spec["name"])
+        if array is None:
+            raise DeepappsError(f"{model.path}: the model needs its {spec['name']!r} input")
+        feeds.append((spec["name"], array))
+    out = [model.run({name: np.ascontiguousarray(a[i : i + batch_size], dtype=np.float32) for name, a in feeds})
            for i in range(0, len(histories), batch_size)]
     return np.concatenate(out)
+
+
+def _undo_calibration(q: np.ndarray, pre: dict) -> np.ndarray | None:
+    """The quantiles before the in-graph calibration (exact for one quantile on each side of the
+    median, where the rescaling cannot reorder them); None for an uncalibrated model."""
+    calibration = pre.get("interval_calibration")
+    if not calibration:
+        return None
+    scale = np.asarray(calibration["scale"], dtype=np.float64)  # (H, Q)
+    m = pre["quantiles"].index(0.5)
+    median = q[..., m : m + 1]
+    return median + (q - median) / np.maximum(scale, 1e-12)[:, None, :]
 
 
 # --- evaluate ------------------------------------------------------------------------------
@@ -54,21 +75,31 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     if split not in ("train", "val", "test"):
         raise DeepappsError(f"--split {split}: choose train, val or test")
     L, H, qs = pre["look_back"], pre["horizon"], pre["quantiles"]
-    table = load_table(data_path, pre["timestamp"], pre["targets"], pre["id_column"], pre["freq"], pre["fill"])
+    table = load_table(data_path, pre["timestamp"], pre["targets"], pre["id_column"], pre["freq"], pre["fill"],
+                       pre.get("covariates"))
     ranges = [split_ranges(len(s.values), data.get("split", "fractions"), table.freq, data.get("val_fraction", 0.1),
                            data.get("test_fraction", 0.2)) for s in table.series]
     train = np.concatenate([s.values[: r["train"][1]] for s, r in zip(table.series, ranges)]).astype(np.float64)
     mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)  # (C,), as in fit
     season = pre.get("season_length") or season_length(table.freq)
-    xs, ys = [], []
+    xs, ys, cals, covs = [], [], [], []
     for s, r in zip(table.series, ranges):
-        x, y = windows(s.values, window_starts(r[split], L, H), L, H)
+        starts = window_starts(r[split], L, H)
+        x, y = windows(s.values, starts, L, H)
         xs.append(x)
         ys.append(y)
+        if pre.get("calendar"):
+            cal = calendar_features(s.timestamps, pre["calendar"])
+            past, future = windows(cal, starts, L, H)
+            cals.append(np.concatenate([past, future], axis=1))  # (n, L+H, K)
+        if pre.get("covariates"):
+            covs.append(windows(s.covariates, starts, L, H)[0])  # (n, L, P)
     x, y = np.concatenate(xs), np.concatenate(ys).astype(np.float64)  # (N, L, C), (N, H, C)
     if len(x) == 0:
         raise DataError(f"{data_path}: no {split} window of {L} + {H} steps")
-    q = forecast(model, x, batch_size).astype(np.float64)  # (N, H, C, Q)
+    calendar = np.concatenate(cals) if cals else None
+    covariates = np.concatenate(covs) if covs else None
+    q = forecast(model, x, batch_size, calendar, covariates).astype(np.float64)  # (N, H, C, Q)
     median = q[..., qs.index(0.5)]
     points = {"model": median,
               "last_value": baselines.last_value(x, H),
@@ -83,6 +114,10 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     metrics["coverage"] = float(np.mean((y >= lo) & (y <= hi)))
     metrics["nominal_coverage"] = round(qs[-1] - qs[0], 6)
     metrics["interval_width"] = float(np.mean((hi - lo) / std))
+    raw = _undo_calibration(q, pre)
+    if raw is not None:
+        metrics["coverage_uncalibrated"] = float(np.mean((y >= raw[..., 0]) & (y <= raw[..., -1])))
+        metrics["interval_width_uncalibrated"] = float(np.mean((raw[..., -1] - raw[..., 0]) / std))
     metrics["baselines"] = {name: point_metrics(points[name], y, mean, std, scale) for name in BASELINES}
     by_step = {name: np.mean(((p - y) / std) ** 2, axis=(0, 2)).tolist() for name, p in points.items()}
     picks = np.linspace(0, len(x) - 1, min(4, len(x))).astype(int)
@@ -135,27 +170,37 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
     if not pre.get("freq"):
         raise DeepappsError(f"{model.path}: the model does not record its data frequency")
     df = read_frame(args.history)
-    id_col = pre["id_column"]
-    for column in [pre["timestamp"], *targets, *([id_col] if id_col else [])]:
+    id_col, covariates, calendar = pre["id_column"], pre.get("covariates") or [], pre.get("calendar") or []
+    needed = [pre["timestamp"], *targets, *covariates]
+    for column in [*needed, *([id_col] if id_col else [])]:
         if column not in df.columns:
-            raise DataError(f"{args.history}: no column {column!r} (the model needs {', '.join([pre['timestamp'], *targets])})")
+            raise DataError(f"{args.history}: no column {column!r} (the model needs {', '.join(needed)})")
     ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
     df = df.with_columns(ids.alias("__sid"))
     present = list(dict.fromkeys(df["__sid"].to_list()))
     wanted = [s.strip() for s in args.series.split(",")] if args.series else present
-    rows, ok_ids, histories, lasts, filled = [], [], [], [], []
+    rows, ok_ids, histories, lasts, filled, cals, covs = [], [], [], [], [], [], []
     for sid in wanted:
         try:
             if sid not in present:
                 raise DataError(f"unknown series id {sid!r}: not in {args.history}")
             part = df.filter(pl.col("__sid") == sid).drop("__sid")
-            table = prepare_frame(part, args.history, pre["timestamp"], targets, id_col, pre["freq"], pre["fill"])
+            table = prepare_frame(part, args.history, pre["timestamp"], targets, id_col, pre["freq"], pre["fill"],
+                                  covariates)
             series = table.series[0]
             if len(series.values) < L:
                 raise DataError(f"series {sid or '(single)'} has {len(series.values)} steps; the model needs {L} (look-back)")
             window = series.values[-L:]
             if not np.isfinite(window).all():
                 raise DataError(f"series {sid or '(single)'}: non-finite values in the latest window")
+            if covariates:
+                past = series.covariates[-L:]
+                if not np.isfinite(past).all():
+                    raise DataError(f"series {sid or '(single)'}: non-finite covariate values in the latest window")
+                covs.append(past)
+            if calendar:
+                future = np.array(future_timestamps(series.timestamps[-1], pre["freq"], H), dtype="datetime64[us]")
+                cals.append(calendar_features(np.concatenate([series.timestamps[-L:], future]), calendar))
             histories.append(window)
             lasts.append(series.timestamps[-1])
             filled.append(int(series.filled))
@@ -164,7 +209,8 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
             print(f"error: {exc}", file=sys.stderr)
             rows.append(_error_row(sid, str(exc), qs))
     if histories:
-        quantiles = forecast(model, np.stack(histories), args.batch_size)  # (S, H, C, Q)
+        quantiles = forecast(model, np.stack(histories), args.batch_size, np.stack(cals) if cals else None,
+                             np.stack(covs) if covs else None)  # (S, H, C, Q)
         for sid, last, n_filled, q in zip(ok_ids, lasts, filled, quantiles):
             stamps = future_timestamps(last, pre["freq"], H)
             for c, target in enumerate(targets):
@@ -192,8 +238,10 @@ def _error_row(sid: str, error: str, qs: list[float]) -> dict:
 # --- HTTP serving adapter (core.serving): one history window in, its quantiles out ----------
 
 
-def decode_item(model: OnnxModel, item: dict) -> tuple[np.ndarray, str | None]:
-    """`{"history": [[v_1..v_C] x L], "last_timestamp": "..."?}` -> ((L, C) window, last time)."""
+def decode_item(model: OnnxModel, item: dict) -> tuple[np.ndarray, str | None, dict]:
+    """`{"history": [[v_1..v_C] x L], "last_timestamp": "..."?, "covariates": [[..P] x L]?}` ->
+    ((L, C) window, last time, extra inputs). Models with calendar features need `last_timestamp`
+    (the features are generated from it), models with covariates need `covariates`."""
     pre = model.meta["preprocess"]
     L, C = pre["look_back"], len(pre["targets"])
     if not isinstance(item, dict) or "history" not in item:
@@ -207,15 +255,39 @@ def decode_item(model: OnnxModel, item: dict) -> tuple[np.ndarray, str | None]:
         raise DataError(f"history: shape {window.shape}, the model needs ({L}, {C}) = look-back x targets")
     if not np.isfinite(window).all():
         raise DataError("history: NaN or infinite values")
-    return window, item.get("last_timestamp")
+    return window, item.get("last_timestamp"), _decode_extra(pre, item)
 
 
-def run_items(model: OnnxModel, items: list[tuple[np.ndarray, str | None]]) -> list[dict]:
+def _decode_extra(pre: dict, item: dict) -> dict:
+    extra = {}
+    if pre.get("calendar"):
+        try:
+            last = np.datetime64(item["last_timestamp"], "us")
+        except (KeyError, TypeError, ValueError):
+            raise DataError("last_timestamp: required (calendar features are generated from it), e.g. "
+                            '"2018-06-26T19:00:00"') from None
+        stamps = shifted_timestamps(last, pre["freq"], range(1 - pre["look_back"], pre["horizon"] + 1))
+        extra["calendar"] = calendar_features(np.array(stamps, dtype="datetime64[us]"), pre["calendar"])
+    if pre.get("covariates"):
+        P, L = len(pre["covariates"]), pre["look_back"]
+        try:
+            cov = np.asarray(item["covariates"], dtype=np.float32).reshape(L, P)
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"covariates: need {L} rows x {P} values ({', '.join(pre['covariates'])})") from None
+        if not np.isfinite(cov).all():
+            raise DataError("covariates: NaN or infinite values")
+        extra["covariates"] = cov
+    return extra
+
+
+def run_items(model: OnnxModel, items: list[tuple[np.ndarray, str | None, dict]]) -> list[dict]:
     """One ONNX Runtime call for a micro-batch of windows."""
     pre = model.meta["preprocess"]
-    quantiles = forecast(model, np.stack([w for w, _ in items]))  # (N, H, C, Q)
+    extras = {name: np.stack([e[name] for _, _, e in items]) for name in items[0][2]}
+    quantiles = forecast(model, np.stack([w for w, _, _ in items]), calendar=extras.get("calendar"),
+                         covariates=extras.get("covariates"))  # (N, H, C, Q)
     out = []
-    for (_, last), q in zip(items, quantiles):
+    for (_, last, _), q in zip(items, quantiles):
         result = {"targets": pre["targets"]} | {
             _qname(level): np.round(q[..., k].astype(np.float64), 6).tolist() for k, level in enumerate(pre["quantiles"])
         }

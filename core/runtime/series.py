@@ -16,6 +16,8 @@ import polars as pl
 from core.errors import ConfigError, DataError
 
 FILL_METHODS = ("linear", "ffill", "zero", "none")
+# known-future calendar features: name -> (value from a datetime64[us] array, number of values)
+CALENDAR_FEATURES = ("minute", "hour", "weekday", "day", "month", "dayofyear")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CALENDAR_UNITS = ("mo", "q", "y")
 
@@ -28,6 +30,7 @@ class Series:
     timestamps: np.ndarray  # (T,) datetime64[us]
     values: np.ndarray  # (T, C) float32
     filled: int = 0  # values filled (missing steps and nulls)
+    covariates: np.ndarray | None = None  # (T, P) float32, past-observed covariate columns
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SeriesTable:
     targets: list[str]
     freq: str
     notes: list[str] = field(default_factory=list)
+    covariates: list[str] = field(default_factory=list)
 
     def by_id(self) -> dict[str, Series]:
         return {s.id: s for s in self.series}
@@ -75,9 +79,11 @@ def _co2() -> pl.DataFrame:
 
 def load_table(
     path: str, timestamp: str, targets: list[str] | None = None, id_column: str | None = None,
-    freq: str | None = None, fill: str = "linear",
+    freq: str | None = None, fill: str = "linear", covariates: list[str] | None = None,
 ) -> SeriesTable:
     """Read, check, sort, de-duplicate, regularise and fill every series of a file.
+
+    `covariates` are past-observed numeric columns, regularised and filled like the targets.
 
     Raises:
         DataError: missing columns, unparseable timestamps, non-numeric targets, gaps with fill `none`.
@@ -85,28 +91,32 @@ def load_table(
     if fill not in FILL_METHODS:
         raise ConfigError(f"--data.fill {fill}: choose one of {', '.join(FILL_METHODS)}")
     df = read_frame(path)
-    return prepare_frame(df, path, timestamp, targets, id_column, freq, fill)
+    return prepare_frame(df, path, timestamp, targets, id_column, freq, fill, covariates)
 
 
 def prepare_frame(
     df: pl.DataFrame, source: str, timestamp: str, targets: list[str] | None, id_column: str | None,
-    freq: str | None, fill: str,
+    freq: str | None, fill: str, covariates: list[str] | None = None,
 ) -> SeriesTable:
     """`load_table` on a frame already in memory (`source` names it in errors)."""
-    for column in [timestamp, *(targets or []), *([id_column] if id_column else [])]:
+    covariates = list(covariates or [])
+    for column in [timestamp, *(targets or []), *covariates, *([id_column] if id_column else [])]:
         if column not in df.columns:
             raise DataError(f"{source}: no column {column!r} (columns: {', '.join(df.columns[:12])})")
     if df.height == 0:
         raise DataError(f"{source}: no rows")
     df = df.with_columns(_parse_timestamps(df[timestamp], source))
     if targets is None:
-        skip = {timestamp, id_column}
+        skip = {timestamp, id_column, *covariates}
         targets = [c for c, t in df.schema.items() if c not in skip and t.is_numeric()]
         if not targets:
             raise DataError(f"{source}: no numeric target columns besides {timestamp!r}")
-    df = df.with_columns(_numeric(df[c], source) for c in targets)
+    if both := set(targets) & set(covariates):
+        raise ConfigError(f"--data.covariates: {', '.join(sorted(both))} is also a target column")
+    columns = [*targets, *covariates]
+    df = df.with_columns(_numeric(df[c], source) for c in columns)
     ids = df[id_column].cast(pl.String) if id_column else pl.Series([""] * df.height)
-    df = df.with_columns(ids.alias("__id")).select("__id", timestamp, *targets)
+    df = df.with_columns(ids.alias("__id")).select("__id", timestamp, *columns)
     notes = []
     backwards = df.select((pl.col(timestamp).diff().over("__id").dt.total_microseconds() < 0).any()).item()
     if backwards:
@@ -117,11 +127,15 @@ def prepare_frame(
         df = df.unique(["__id", timestamp], keep="last", maintain_order=True)
         notes.append(f"{dupes} duplicate timestamps: kept the last row of each")
     freq = freq or infer_freq(df, timestamp, source)
-    series = [_regular(part, timestamp, targets, freq, fill, source) for part in df.partition_by("__id", maintain_order=True)]
+    series = [_regular(part, timestamp, columns, freq, fill, source) for part in df.partition_by("__id", maintain_order=True)]
     filled = sum(s.filled for s in series)
     if filled:
         notes.append(f"{filled} missing values filled ({fill}) over {len(series)} series")
-    return SeriesTable(series, list(targets), freq, notes)
+    if covariates:
+        n = len(targets)
+        for s in series:
+            s.values, s.covariates = s.values[:, :n], s.values[:, n:]
+    return SeriesTable(series, list(targets), freq, notes, covariates)
 
 
 def _parse_timestamps(column: pl.Series, source: str) -> pl.Series:
@@ -190,6 +204,34 @@ def fill_missing(values: np.ndarray, method: str) -> np.ndarray:
     return values
 
 
+# --- calendar features ---------------------------------------------------------------------
+
+
+def calendar_features(timestamps: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Known-future features of datetime64 timestamps (T,) -> (T, K) float32, each in [-0.5, 0.5].
+
+    minute/59, hour/23, weekday/6 (Monday 0), (day-1)/30, (month-1)/11, (dayofyear-1)/365,
+    each minus 0.5 (the encoding of the Informer/Autoformer loaders).
+    """
+    unknown = [n for n in names if n not in CALENDAR_FEATURES]
+    if unknown:
+        raise ConfigError(f"--data.calendar {', '.join(unknown)}: choose from {', '.join(CALENDAR_FEATURES)}")
+    ts = np.asarray(timestamps).astype("datetime64[us]")
+    days = ts.astype("datetime64[D]")
+    months = ts.astype("datetime64[M]")
+    years = ts.astype("datetime64[Y]")
+    raw = {
+        "minute": ((ts - ts.astype("datetime64[h]")) // np.timedelta64(1, "m"), 59),
+        "hour": ((ts - days) // np.timedelta64(1, "h"), 23),
+        "weekday": ((days.astype(np.int64) + 3) % 7, 6),  # 1970-01-01 was a Thursday
+        "day": ((days - months.astype("datetime64[D]")).astype(np.int64), 30),
+        "month": (months.astype(np.int64) % 12, 11),
+        "dayofyear": ((days - years.astype("datetime64[D]")).astype(np.int64), 365),
+    }
+    cols = [raw[n][0].astype(np.float64) / raw[n][1] - 0.5 for n in names]
+    return np.stack(cols, axis=-1).astype(np.float32) if cols else np.zeros((len(ts), 0), np.float32)
+
+
 # --- frequency and season ------------------------------------------------------------------
 
 
@@ -240,10 +282,15 @@ def season_length(freq: str) -> int:
 
 def future_timestamps(last: np.datetime64, freq: str, horizon: int) -> list:
     """The `horizon` timestamps after `last`, calendar-aware for months and years."""
+    return shifted_timestamps(last, freq, range(1, horizon + 1))
+
+
+def shifted_timestamps(last: np.datetime64, freq: str, steps) -> list:
+    """`last` moved by each of `steps` (integers, negative = earlier) steps of `freq`."""
     n, unit = parse_freq(freq)
     if unit == "q":  # polars has no quarter unit
         n, unit = 3 * n, "mo"
-    offsets = pl.Series([f"{k * n}{unit}" for k in range(1, horizon + 1)])
+    offsets = pl.Series([f"{k * n}{unit}" for k in steps])
     start = pl.Series(np.array([last], dtype="datetime64[us]"))[0]
     return pl.select(pl.lit(start).dt.offset_by(offsets)).to_series().to_list()
 

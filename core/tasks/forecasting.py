@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as L
 import torch
 from torch import nn
@@ -36,8 +37,19 @@ class ForecastTask(L.LightningModule):
         self.median = quantiles.index(0.5)
         self.lo, self.hi = 0, len(quantiles) - 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor, sort: bool = True) -> torch.Tensor:
+        """x (B, L, C) and the optional calendar / covariate windows, in the dataset's order."""
+        return self.net(x, *self._extra(extra), sort=sort)
+
+    def _extra(self, extra: tuple) -> tuple:
+        """(calendar, covariates) from what the batch carries (either may be absent)."""
+        exo = getattr(self.net, "exogenous", None)
+        if exo is None:
+            return ()
+        extra = list(extra)
+        calendar = extra.pop(0) if exo.calendar is not None else None
+        covariates = extra.pop(0) if exo.mix is not None else None
+        return calendar, covariates
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = pinball_loss(pred.float(), target, self.quantiles)
@@ -46,14 +58,15 @@ class ForecastTask(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        x, y = batch  # (B, L, C), (B, H, C)
-        loss = self.loss(self(x), y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        *inputs, y = batch  # (B, L, C) [, calendar, covariates], (B, H, C)
+        loss = self.loss(self(*inputs, sort=False), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
     def _evaluate(self, batch: tuple, prefix: str) -> None:
-        x, y = batch
-        pred = self(x).float()  # (B, H, C, Q)
+        *inputs, y = batch
+        x = inputs[0]
+        pred = self(*inputs).float()  # (B, H, C, Q)
         median = pred[..., self.median]
         inside = (y >= pred[..., self.lo]) & (y <= pred[..., self.hi])
         values = {
@@ -83,3 +96,40 @@ class ForecastTask(L.LightningModule):
         warmup = int(total * self.optim.warmup_fraction) if self.optim.schedule == "cosine" else 0
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(self.optim.schedule, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def fit_interval_scale(pred: np.ndarray, y: np.ndarray, quantiles: list[float], per_step_min: int = 200) -> np.ndarray:
+    """Calibration factors (H, Q) on each quantile's distance to the median, fitted on held-out windows.
+
+    For a level tau above 0.5 the factor s makes `median + s * (q_tau - median)` exceeded by a
+    share 1 - tau of the held-out targets (below 0.5, symmetrically): the empirical quantile of
+    the normalised residual (y - median) / (q_tau - median), split-conformal style. Per horizon
+    step when each step has at least `per_step_min` values, else one factor for all steps.
+
+    Args:
+        pred: sorted quantiles (N, H, C, Q).
+        y: targets (N, H, C).
+        quantiles: the Q levels, 0.5 among them.
+    """
+    m = quantiles.index(0.5)
+    median = pred[..., m]
+    N, H, C, Q = pred.shape
+    scale = np.ones((H, Q))
+    for k, tau in enumerate(quantiles):
+        if k == m:
+            continue
+        dist = np.abs(pred[..., k] - median)  # (N, H, C)
+        signed = (y - median) if tau > 0.5 else (median - y)
+        ratio = signed / np.maximum(dist, 1e-6)
+        level = tau if tau > 0.5 else 1 - tau
+        if N * C >= per_step_min:
+            scale[:, k] = np.quantile(ratio.transpose(1, 0, 2).reshape(H, -1), level, axis=1)
+        else:
+            scale[:, k] = np.quantile(ratio, level)
+    return np.clip(scale, 0.0, None)
+
+
+def apply_interval_scale(pred: np.ndarray, scale: np.ndarray, median_index: int) -> np.ndarray:
+    """What the exported graph does with `scale`: (N, H, C, Q) -> rescaled, sorted quantiles."""
+    median = pred[..., median_index : median_index + 1]
+    return np.sort(median + (pred - median) * scale[:, None, :], axis=-1)

@@ -11,12 +11,12 @@ from core.export import export_onnx
 from core.forecast_config import ForecastModelConfig
 from core.models.forecasters import ServedForecaster, create_forecaster
 from core.runtime import baselines
-from core.tasks.forecasting import pinball_loss
+from core.tasks.forecasting import apply_interval_scale, fit_interval_scale, pinball_loss
 
 SMALL = dict(d_model=16, n_heads=2, depth=1, d_ff=32, hidden_size=8, num_layers=1, patch_len=8, patch_stride=4)
 
 
-@pytest.mark.parametrize("name", ["dlinear", "rnn", "patchtst"])
+@pytest.mark.parametrize("name", ["dlinear", "rlinear", "rnn", "patchtst"])
 def test_shapes_sorted_quantiles_and_onnx_parity(name, tmp_path):
     torch.manual_seed(0)
     net = create_forecaster(ForecastModelConfig(name=name, **SMALL), look_back=24, horizon=6, channels=3,
@@ -73,3 +73,63 @@ def test_ets_params_are_fitted_by_statsmodels():
     train = (np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(400))[:, None]
     params = baselines.fit_ets_params(train, 24)
     assert params.shape == (4, 1) and np.all((params >= 0) & (params <= 1))
+
+
+def test_rlinear_is_one_linear_map_shared_by_the_channels():
+    torch.manual_seed(0)
+    net = create_forecaster(ForecastModelConfig(name="rlinear", revin=False, dropout=0.0), 12, 4, channels=2).eval()
+    x = torch.randn(3, 12, 2)
+    swapped = net(x.flip(-1), sort=False).flip(2)  # channel order does not matter: same weights
+    np.testing.assert_allclose(net(x, sort=False).detach().numpy(), swapped.detach().numpy(), atol=1e-6)
+    assert sum(p.numel() for p in net.parameters()) == 12 * 4 * 3 + 4 * 3
+
+
+def test_exogenous_inputs_onnx_parity_and_zero_start(tmp_path):
+    """Calendar (B, L+H, K) and raw covariates (B, L, P) are graph inputs; an untrained head adds nothing."""
+    torch.manual_seed(0)
+    cfg = ForecastModelConfig(name="dlinear")
+    plain = create_forecaster(cfg, look_back=24, horizon=6, channels=2, mean=[5.0, 0.0], std=[2.0, 1.0])
+    net = create_forecaster(cfg, 24, 6, 2, [5.0, 0.0], [2.0, 1.0], n_calendar=3, n_covariates=2,
+                            covariate_mean=[100.0, 0.0], covariate_std=[10.0, 1.0])
+    net.load_state_dict(plain.state_dict(), strict=False)
+    history, calendar, cov = torch.randn(4, 24, 2) + 5, torch.rand(4, 30, 3) - 0.5, torch.randn(4, 24, 2) * 10 + 100
+    served = ServedForecaster(net, ("calendar", "covariates"), median_index=1).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(served(history, calendar, cov).numpy(), ServedForecaster(plain).eval()(history).numpy(),
+                                   atol=1e-5)
+        for p in net.exogenous.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        moved = served(history, calendar, cov)
+        assert not torch.allclose(moved, served(history, calendar * 0, cov))  # the calendar matters now
+        assert not torch.allclose(moved, served(history, calendar, cov.flip(1)))  # so does the covariates' path
+        # covariates enter on their own per-window scale (like RevIN for the targets)
+        torch.testing.assert_close(moved, served(history, calendar, 3 * cov + 10), atol=1e-3, rtol=1e-4)
+    meta = export_onnx(served, (history, calendar, cov), tmp_path / "m.onnx", ["history", "calendar", "covariates"],
+                       {"app": "forecast"}, output_names=["quantiles"])
+    assert meta["export"]["parity_max_abs_diff"] < 1e-3
+
+
+def test_interval_calibration_reaches_nominal_coverage_on_held_out_data():
+    """Quantiles trained too narrow (0.5 sigma instead of 1.28) are widened to cover 0.8."""
+    rng = np.random.default_rng(0)
+    N, H, C = 400, 5, 2
+    sigma = np.linspace(1.0, 3.0, H)[None, :, None]  # uncertainty grows with the step
+    median = rng.normal(size=(N, H, C))
+    pred = np.stack([median - 0.5 * sigma, median, median + 0.5 * sigma], axis=-1)
+
+    def draw():
+        return median + sigma * rng.normal(size=(N, H, C))
+
+    y_cal, y_new = draw(), draw()
+    before = np.mean((y_new >= pred[..., 0]) & (y_new <= pred[..., 2]))
+    scale = fit_interval_scale(pred, y_cal, [0.1, 0.5, 0.9])
+    after = apply_interval_scale(pred, scale, median_index=1)
+    covered = np.mean((y_new >= after[..., 0]) & (y_new <= after[..., 2]))
+    assert before < 0.45 and abs(covered - 0.8) < 0.02, (before, covered)
+    np.testing.assert_allclose(scale[:, 1], 1.0)
+    np.testing.assert_allclose(scale[:, [0, 2]], 1.2816 / 0.5, rtol=0.1)  # z_0.9 / 0.5
+    served = ServedForecaster(create_forecaster(ForecastModelConfig(name="rlinear"), 8, H, C), (), scale.tolist(), 1)
+    with torch.no_grad():  # the exported graph applies the same rescaling
+        raw = served.net.eval()(torch.zeros(1, 8, C))
+        np.testing.assert_allclose(served(torch.zeros(1, 8, C)).numpy(),
+                                   apply_interval_scale(raw.numpy(), scale, 1), rtol=1e-5, atol=1e-6)

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.runtime.series import (
-    fill_missing, future_timestamps, prepare_frame, season_length, split_ranges, split_sizes, window_starts, windows,
+    calendar_features, fill_missing, future_timestamps, prepare_frame, season_length, split_ranges, split_sizes, window_starts, windows,
 )
 
 
@@ -99,3 +99,30 @@ def test_ett_file_split_and_statistics():
     train = raw.head(8640).select(dm.targets).to_numpy()  # the protocol's scaler: train rows only
     np.testing.assert_allclose(dm.mean, train.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(dm.std, train.std(axis=0), rtol=1e-4)
+
+
+def test_calendar_features_known_dates():
+    stamps = np.array(["2024-01-01T00:00", "2024-03-15T13:45", "2023-12-31T23:59"], dtype="datetime64[us]")
+    got = calendar_features(stamps, ["minute", "hour", "weekday", "day", "month", "dayofyear"]) + 0.5
+    # 2024-01-01 a Monday (0), 2024-03-15 a Friday (4), 2023-12-31 a Sunday (6), day 365 of the year
+    expected = [[0, 0, 0, 0, 0, 0], [45 / 59, 13 / 23, 4 / 6, 14 / 30, 2 / 11, 74 / 365], [1, 1, 1, 1, 1, 364 / 365]]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert calendar_features(stamps, []).shape == (3, 0)
+    with pytest.raises(ConfigError, match="--data.calendar holiday"):
+        calendar_features(stamps, ["hour", "holiday"])
+
+
+def test_covariate_columns_are_filled_and_kept_apart_from_targets():
+    df = _frame(48, timedelta(hours=1)).rename({"t": "ts"}).with_columns(
+        pl.Series("temp", [float(i) if i != 5 else None for i in range(48)]), pl.Series("load", np.ones(48) * 2.0)
+    )
+    table = prepare_frame(df, "mem", "ts", None, None, None, "linear", covariates=["temp"])
+    assert table.targets == ["y", "load"] and table.covariates == ["temp"]  # not a target
+    series = table.series[0]
+    assert series.values.shape == (48, 2) and series.covariates.shape == (48, 1)
+    assert series.covariates[5, 0] == pytest.approx(5.0)  # filled linearly, counted
+    assert series.filled == 1
+    with pytest.raises(ConfigError, match="also a target"):
+        prepare_frame(df, "mem", "ts", ["y", "temp"], None, None, "linear", covariates=["temp"])
+    with pytest.raises(DataError, match="no column 'wind'"):
+        prepare_frame(df, "mem", "ts", None, None, None, "linear", covariates=["wind"])
