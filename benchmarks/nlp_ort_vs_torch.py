@@ -11,10 +11,15 @@ the median latency per batch and the ratios the nlp issue asks for.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# Calls are interleaved in one process: torch's OpenMP workers must sleep between calls, or they
+# spin on the cores while ONNX Runtime runs (this halved ORT's speed at 2 threads in a test).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402  (after the OpenMP setting)
 from timing import interleaved_median_ms  # benchmarks/timing.py (scripts run from this folder)
 
 

@@ -30,7 +30,7 @@ def quantize(src: Path, out: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "model.int8.onnx"
         root = logging.getLogger()
-        level, root.level = root.level, logging.WARNING  # quantize_dynamic logs every skipped node at INFO
+        level, root.level = root.level, logging.ERROR  # quantize_dynamic logs every skipped node at INFO, advice at WARNING
         try:
             quantize_dynamic(src, staged, weight_type=QuantType.QInt8, per_channel=True)
         finally:
