@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,11 @@ import numpy as np
 from apps.healthcare.synthetic import synthetic_xray_arrays
 
 SMALL = {"train": 160, "val": 48, "test": 48}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m apps.healthcare ARGS` in a fresh process (exit code and stderr as users see them)."""
+    return subprocess.run([sys.executable, "-m", "apps.healthcare", *args], capture_output=True, text=True)
 
 
 def write_npz(path: Path, size: int = 28, sizes: dict | None = None, drop: tuple[str, ...] = (), **replace) -> Path:

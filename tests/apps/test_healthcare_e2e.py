@@ -16,14 +16,10 @@ from PIL import Image
 
 from core.cli import main
 from core.export import read_metadata
-from tests.apps.healthcare_helpers import write_dicom, write_npz
+from tests.apps.healthcare_helpers import run_cli, write_dicom, write_npz
 from tests.helpers import assert_one_line_error
 
 TINY = Path(__file__).resolve().parents[2] / "apps" / "healthcare" / "configs" / "tiny.yaml"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "apps.healthcare", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

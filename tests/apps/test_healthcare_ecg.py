@@ -18,6 +18,7 @@ from apps.healthcare.synthetic import ECG_LABELS, synthetic_ecg
 from core.cli import main
 from core.errors import DataError
 from core.export import read_metadata
+from tests.apps.healthcare_helpers import run_cli
 from tests.helpers import assert_one_line_error, shared_path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "apps" / "healthcare" / "configs"
@@ -30,10 +31,6 @@ def write_ucr(path: Path, n: int = 360, length: int = LENGTH, seed: int = 3) -> 
     lines = [" ".join([f"{t + 1:.7e}", *(f"{v:.7e}" for v in s)]) for s, t in zip(signals, targets)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "apps.healthcare", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
