@@ -61,14 +61,18 @@ def _latency_ms(model, n: int = 20) -> float:
     return 1000 * float(np.median(times))
 
 
-def quantize_and_measure(src: Path, out: Path, data_path: str, split: str = "test",
+def quantize_and_measure(src: Path, out: Path, data_path: str | None = None, split: str = "test",
                          fp32_metrics: dict | None = None) -> dict:
-    """Quantize `src` to `out`, evaluate both on the same split; the change in a dict + Markdown."""
+    """Quantize `src` to `out`, evaluate both on the same split; the change in a dict + Markdown.
+
+    `data_path` defaults to the training data recorded in the model (so `split` is the same carve).
+    """
     from apps.nlp.runtime import evaluate
     from core.runtime.session import load_model
 
+    fp32 = load_model(src, provider="cpu", app="nlp")  # first: a missing file or another app's model stops here
+    data_path = data_path or fp32.meta.get("train", {}).get("data_config", {}).get("path")
     quantize(src, out)
-    fp32 = load_model(src, provider="cpu", app="nlp")
     int8 = load_model(out, provider="cpu", app="nlp")
     before = fp32_metrics or evaluate(fp32, data_path, split).metrics
     after = evaluate(int8, data_path, split).metrics
@@ -95,16 +99,11 @@ def quantize_and_measure(src: Path, out: Path, data_path: str, split: str = "tes
 
 def quantize_into_run(model_path: Path, out: Path | None = None, data_path: str | None = None,
                       split: str = "test") -> dict:
-    """int8 copy beside `model_path`, its accuracy change in `<out>.json` and the run's model card.
-
-    `data_path` defaults to the training data recorded in the model (so `split` is the same carve).
-    """
-    from core.export import read_metadata
-
+    """int8 copy beside `model_path`, its accuracy change in `<out>.json` and the run's model card
+    (`data_path`: see `quantize_and_measure`)."""
     model_path = Path(model_path)
-    data = data_path or read_metadata(model_path).get("train", {}).get("data_config", {}).get("path")
     out = Path(out) if out else model_path.with_suffix(".int8.onnx")
-    result = quantize_and_measure(model_path, out, data, split)
+    result = quantize_and_measure(model_path, out, data_path, split)
     card = model_path.parent / "model_card.md"
     if card.is_file():
         text = card.read_text()
@@ -122,7 +121,6 @@ def quantize_into_run(model_path: Path, out: Path | None = None, data_path: str 
 def main(app, argv: list[str]) -> int:
     """`deepapps nlp quantize`: write the int8 copy, print the accuracy change as JSON."""
     from core.cli import OneLineParser
-    from core.runtime.session import load_model
 
     parser = OneLineParser(prog="deepapps nlp quantize", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="fp32 nlp .onnx file")
@@ -130,7 +128,6 @@ def main(app, argv: list[str]) -> int:
     parser.add_argument("--data.path", "--data", dest="data_path", help="labelled data (default: the training data)")
     parser.add_argument("--split", default="test", help="train, val, test or all")
     args = parser.parse_args(argv)
-    load_model(args.model, provider="cpu", app=app.name)  # refuses another app's model in one line
     summary = quantize_into_run(Path(args.model), args.out and Path(args.out), args.data_path, args.split)
     print(json.dumps(summary, indent=2))
     return 0
