@@ -167,12 +167,7 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     pipeline = app.load_pipeline()
     extra = pipeline.post_fit(task, built, cfg) if hasattr(pipeline, "post_fit") else {}
     onnx_path = run_dir / "model.onnx"
-    metadata = onnx_metadata(app, built, cfg, config, metrics={"val": metrics["val"]}) | extra
-    export_info = export_onnx(
-        built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), onnx_path,
-        [i["name"] for i in built.inputs], metadata, output_names=built.output_names,
-        dynamic_axes=built.dynamic_axes, tolerance=built.parity_tolerance,
-    )["export"]
+    export_info = export_built(app, built, cfg, config, extra, {"val": metrics["val"]}, onnx_path)["export"]
     evaluation = app.load_runtime().evaluate(load_model(onnx_path, provider="cpu", app=app.name), cfg.data.path, "test")
     metrics["test"] = evaluation.metrics
     metrics["export"] = export_info
@@ -266,6 +261,22 @@ def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:
     return _strip(run(task, datamodule=built.datamodule, verbose=False)[0], prefix)
 
 
+def export_built(app: AppSpec, built, cfg, config: dict, post_fit: dict, scores: dict, out: Path) -> dict:
+    """ONNX export with the parity check, the same for fit and `export --ckpt`.
+
+    `post_fit` is what the pipeline's `post_fit` returned: merged into the metadata, its
+    `temperature` scales the logits in the graph, and the pipeline's optional
+    `restore_post_fit(built, post_fit)` puts any other state back on `built` first.
+    """
+    pipeline = app.load_pipeline()
+    if hasattr(pipeline, "restore_post_fit"):
+        pipeline.restore_post_fit(built, post_fit)
+    metadata = onnx_metadata(app, built, cfg, config, metrics=scores) | post_fit
+    return export_onnx(built.export_module(post_fit.get("temperature", 1.0)), built.example_inputs(8), out,
+                       [i["name"] for i in built.inputs], metadata, output_names=built.output_names,
+                       dynamic_axes=built.dynamic_axes, tolerance=built.parity_tolerance)
+
+
 def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp16: bool = False,
                       int8: bool = False) -> Path:
     """Export a checkpoint; the parity batch is real data when the data path exists.
@@ -282,14 +293,8 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
         _, built = load_checkpoint(app, ckpt, cfg, with_data=False)
     run_metrics = ckpt.parent.parent / "metrics.json"
     metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
-    extra = metrics.get("post_fit", {})
-    if hasattr(pipeline, "restore_post_fit"):  # state that post_fit set on `built` (e.g. calibration)
-        pipeline.restore_post_fit(built, extra)
     scores = {k: _scalars(metrics[k]) for k in ("val", "test") if k in metrics}
-    metadata = onnx_metadata(app, built, cfg, config, metrics=scores) | extra
-    export_onnx(built.export_module(extra.get("temperature", 1.0)), built.example_inputs(8), out,
-                [i["name"] for i in built.inputs], metadata, output_names=built.output_names,
-                dynamic_axes=built.dynamic_axes, tolerance=built.parity_tolerance)
+    export_built(app, built, cfg, config, metrics.get("post_fit", {}), scores, out)
     if fp16:
         convert_fp16(out, out.with_suffix(".fp16.onnx"))
     if int8:

@@ -3,7 +3,8 @@
 A pipeline module has `build(cfg, pretrained, labels=None, multilabel=False, with_data=True)`
 and may have `post_fit(task, built, cfg) -> dict`, run on the best checkpoint before export:
 what it returns is merged into the ONNX metadata, and a `temperature` key scales the logits
-inside the exported graph (calibration).
+inside the exported graph (calibration). An optional `restore_post_fit(built, post_fit)` puts
+other post-fit state on `built` before each export (see core.training.export_built).
 
 The datamodule must offer `labels`, `multilabel`, `summary()`, `class_weights(mode)`,
 `example_batch(n)` and, optionally, `write_samples(folder) -> int`.

@@ -135,12 +135,12 @@ def post_fit(task: ForecastTask, built: Built, cfg: ForecastFitConfig) -> dict:
         "val_coverage_before": _coverage(pred, y), "val_coverage_after": _coverage(after, y),
         "scale": np.round(scale, 6).tolist(),
     }
-    restore_post_fit(built, extra | {"interval_calibration": calibration})
-    return extra | {"interval_calibration": calibration}
+    return extra | {"interval_calibration": calibration}  # export puts it on `built` (restore_post_fit)
 
 
 def restore_post_fit(built: Built, extra: dict) -> None:
-    """Put a run's calibration back before export (`export --ckpt` reads it from metrics.json)."""
+    """The calibration into the graph and its metadata; core.training.export_built calls this
+    before every export (fit, and `export --ckpt` with post_fit from the run's metrics.json)."""
     if extra.get("interval_calibration"):
         built.preprocess["interval_calibration"] = extra["interval_calibration"]
 
