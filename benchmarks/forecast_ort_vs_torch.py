@@ -1,11 +1,12 @@
 """PyTorch eager vs ONNX Runtime on the same exported forecaster, side by side in one process.
 
-    python benchmarks/forecast_ort_vs_torch.py [--models dlinear patchtst rnn] [--look-back 336]
-        [--horizon 96] [--channels 7] [--batches 1 256]
+    python benchmarks/forecast_ort_vs_torch.py [--models rlinear dlinear patchtst rnn] [--look-back 336]
+        [--horizon 96] [--channels 7] [--batches 1 256] [--threads 2]
 
 Freshly initialised networks (speed does not depend on the weights), exported exactly as fit
-exports them (z-score + RevIN inside, quantile output). Prints the median latency per batch of
-windows for both and the ORT/torch speed-up.
+exports them: z-score + RevIN inside, quantile output with the per-step interval calibration
+(random factors). Prints the median latency per batch of windows for both, timed in turn, and
+the ORT/torch speed-up.
 """
 
 from __future__ import annotations
@@ -16,46 +17,54 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from core.export import export_onnx
-from core.forecast_config import ForecastModelConfig
-from core.models.forecasters import ServedForecaster, create_forecaster
-from core.runtime.session import load_model
-from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
+# torch's OpenMP workers must sleep between calls, or they spin while ONNX Runtime runs
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
 
+from core.export import export_onnx  # noqa: E402
+from core.forecast_config import ForecastModelConfig  # noqa: E402
+from core.models.forecasters import ServedForecaster, create_forecaster  # noqa: E402
+from timing import interleaved_median_ms  # noqa: E402  (benchmarks/timing.py; run from this folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["dlinear", "patchtst", "rnn"])
+    parser.add_argument("--models", nargs="+", default=["rlinear", "dlinear", "patchtst", "rnn"])
     parser.add_argument("--look-back", type=int, default=336)
     parser.add_argument("--horizon", type=int, default=96)
     parser.add_argument("--channels", type=int, default=7)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads = ORT intra-op threads")
+    parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     L, H, C = args.look_back, args.horizon, args.channels
-    print(f"L={L} H={H} C={C}, {os.cpu_count()} CPU threads, torch {torch.__version__}")
+    print(f"L={L} H={H} C={C}, {args.threads} threads each, calls interleaved, torch {torch.__version__}, "
+          f"onnxruntime {ort.__version__}")
     print(f"{'model':>9} {'batch':>5} {'torch eager ms':>15} {'ORT ms':>10} {'ORT speed-up':>13}")
     for name in args.models:
         torch.manual_seed(0)
-        net = create_forecaster(ForecastModelConfig(name=name), L, H, C, [0.0] * C, [1.0] * C)
-        eager = ServedForecaster(net).eval()
+        cfg = ForecastModelConfig(name=name)
+        net = create_forecaster(cfg, L, H, C, [0.0] * C, [1.0] * C)
+        calibration = (0.8 + 0.4 * torch.rand(H, len(cfg.quantiles))).tolist()
+        eager = ServedForecaster(net, (), calibration, cfg.quantiles.index(0.5)).eval()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(eager, (torch.randn(4, L, C),), path, ["history"], {"app": "forecast"},
                         output_names=["quantiles"])
-            model = load_model(path, provider="cpu")
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             for batch in args.batches:
                 x = rng.standard_normal((batch, L, C)).astype(np.float32)
                 xt = torch.from_numpy(x)
                 with torch.inference_mode():
-                    t_torch = median_seconds(lambda: eager(xt), args.repeats)
-                t_ort = median_seconds(lambda: model.run({"history": x}), args.repeats)
-                print(f"{name:>9} {batch:>5} {1000 * t_torch:>15.2f} {1000 * t_ort:>10.2f} {t_torch / t_ort:>12.2f}x")
+                    ms = interleaved_median_ms({"torch": lambda: eager(xt),
+                                                "ort": lambda: session.run(None, {"history": x})}, args.repeats)
+                print(f"{name:>9} {batch:>5} {ms['torch']:>15.2f} {ms['ort']:>10.2f} {ms['torch'] / ms['ort']:>12.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Forecasting networks: DLinear, an RNN with a direct multi-horizon head, and PatchTST.
 
-Every backbone maps a z-scored window (B, L, C) to quantiles (B, H, C, Q); `Forecaster` wraps
-one with RevIN (per-window instance normalisation) and monotone quantiles, and
-`ServedForecaster` adds the train-statistics z-score so the exported graph takes raw values.
-All three are channel-independent: one set of weights is applied to every channel.
+Every backbone maps a z-scored window (B, L, C) to channel-major quantiles (B, C, H, Q);
+`Forecaster` wraps one with RevIN (per-window instance normalisation) and sorted quantiles
+(B, H, C, Q), and `ServedForecaster` adds the train-statistics z-score so the exported graph takes
+raw values. All are channel-independent: one set of weights is applied to every channel.
+
+The quantiles stay channel-major until the last step, and every per-window or per-channel
+rescaling is folded into one multiply-add over (B, C, H*Q): ONNX Runtime broadcasts slowly over
+an innermost axis of size Q, and its TopK over Q values cost more than the linear map itself at
+256 windows, so a small sorting network of min/max replaces it.
 """
 
 from __future__ import annotations
@@ -35,11 +40,27 @@ class RevIN(nn.Module):
             x = x * self.weight + self.bias
         return x, mean, std
 
-    def denormalize(self, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """y (B, H, C, Q) back to the scale of the input window."""
-        if self.weight is not None:
-            y = (y - self.bias[:, None]) / (self.weight[:, None] + self.eps * self.eps)
-        return y * std[..., None] + mean[..., None]
+    def inverse(self, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (B, C): `y * scale + shift` undoes `normalize` for the window."""
+        mean, std = mean[:, 0], std[:, 0]  # (B, C)
+        if self.weight is None:
+            return std, mean
+        scale = std / (self.weight + self.eps * self.eps)
+        return scale, mean - self.bias * scale
+
+
+def sort_quantiles(quantiles: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Elementwise sort of Q same-shaped tensors (odd-even transposition network of min/max).
+
+    Exports to Min/Max nodes, which ONNX Runtime runs far faster than TopK over a size-3 axis.
+    """
+    q = list(quantiles)
+    if len(q) > 9:  # the network grows as Q^2
+        return list(torch.sort(torch.stack(q, dim=-1), dim=-1).values.unbind(-1))
+    for round_ in range(len(q)):
+        for i in range(round_ % 2, len(q) - 1, 2):
+            q[i], q[i + 1] = torch.minimum(q[i], q[i + 1]), torch.maximum(q[i], q[i + 1])
+    return q
 
 
 class DLinear(nn.Module):
@@ -59,7 +80,7 @@ class DLinear(nn.Module):
         padded = torch.cat([x[..., :1].expand(B, C, pad), x, x[..., -1:].expand(B, C, self.kernel_size - 1 - pad)], dim=-1)
         trend = F.avg_pool1d(padded, self.kernel_size, stride=1)  # (B, C, L)
         y = self.trend(trend) + self.seasonal(x - trend)  # (B, C, H*Q)
-        return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
+        return y.view(B, C, self.horizon, self.n_quantiles)  # (B, C, H, Q)
 
 
 class RLinear(nn.Module):
@@ -74,7 +95,7 @@ class RLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
         y = self.linear(self.drop(x.transpose(1, 2)))  # (B, C, H*Q)
-        return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
+        return y.view(B, C, self.horizon, self.n_quantiles)  # (B, C, H, Q)
 
 
 class RNNForecaster(nn.Module):
@@ -95,7 +116,7 @@ class RNNForecaster(nn.Module):
         seq = x.transpose(1, 2).reshape(B * C, L, 1)  # (B*C, L, 1)
         out, _ = self.rnn(seq)  # (B*C, L, hidden)
         y = self.head(out[:, -1])  # (B*C, H*Q)
-        return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
+        return y.view(B, C, self.horizon, self.n_quantiles)  # (B, C, H, Q)
 
 
 class Block(nn.Module):
@@ -148,11 +169,11 @@ class PatchTST(nn.Module):
         z = self.drop(self.embed(patches) + self.pos)  # (B*C, P, D)
         z = self.ln(self.blocks(z))  # (B*C, P, D)
         y = self.head(self.drop(z.flatten(1)))  # (B*C, H*Q)
-        return y.view(B, C, self.horizon, self.n_quantiles).transpose(1, 2)  # (B, H, C, Q)
+        return y.view(B, C, self.horizon, self.n_quantiles)  # (B, C, H, Q)
 
 
 class Exogenous(nn.Module):
-    """Additive effect (B, H, C, Q) of known-future calendar features and past-observed covariates.
+    """Additive effect (B, C, H, Q) of known-future calendar features and past-observed covariates.
 
     Calendar: each future step's K features -> a small MLP -> one value per channel and quantile.
     Covariates: normalised per window, one linear map L -> H over time shared by the P covariates
@@ -174,7 +195,7 @@ class Exogenous(nn.Module):
                 nn.init.zeros_(last.bias)
 
     def forward(self, calendar: torch.Tensor | None, covariates: torch.Tensor | None) -> torch.Tensor:
-        """calendar (B, L+H, K), covariates (B, L, P) z-scored -> (B, H, C, Q)."""
+        """calendar (B, L+H, K), covariates (B, L, P) z-scored -> (B, C, H, Q)."""
         shape = (-1, self.horizon, self.channels, self.n_quantiles)
         y = 0.0
         if self.calendar is not None:
@@ -185,7 +206,7 @@ class Exogenous(nn.Module):
             std = torch.sqrt(covariates.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
             over_time = self.time(((covariates - mean) / std).transpose(1, 2)).transpose(1, 2)  # (B, H, P)
             y = y + self.mix(over_time).view(shape)
-        return y
+        return y.transpose(1, 2)  # (B, C, H, Q), like the backbones
 
 
 class Forecaster(nn.Module):
@@ -209,19 +230,35 @@ class Forecaster(nn.Module):
 
     def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None,
                 covariates: torch.Tensor | None = None, sort: bool = True) -> torch.Tensor:
-        """x (B, L, C), calendar (B, L+H, K), covariates (B, L, P), all but calendar z-scored.
+        """x (B, L, C), calendar (B, L+H, K), covariates (B, L, P), all but calendar z-scored -> (B, H, C, Q).
 
         `sort=False` (training) keeps each quantile on its own output, so that crossings early
         in training do not route the outer quantiles' gradients into the median.
         """
+        y = self.channel_major(x, calendar, covariates)  # (B, C, H, Q)
+        if sort:
+            y = torch.stack(sort_quantiles(list(y.unbind(-1))), dim=-1)
+        return y.transpose(1, 2)
+
+    def channel_major(self, x: torch.Tensor, calendar: torch.Tensor | None = None,
+                      covariates: torch.Tensor | None = None, out_scale: torch.Tensor | None = None,
+                      out_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Unsorted quantiles (B, C, H, Q), optionally mapped by `* out_scale + out_shift` (C,) per
+        channel; that map and RevIN's inverse become one multiply-add."""
         if self.revin is not None:
             x, mean, std = self.revin.normalize(x)
-        y = self.backbone(x)  # (B, H, C, Q)
+        y = self.backbone(x)  # (B, C, H, Q)
         if self.exogenous is not None:
             y = y + self.exogenous(calendar, covariates)  # on the RevIN scale of each window
         if self.revin is not None:
-            y = self.revin.denormalize(y, mean, std)
-        return torch.sort(y, dim=-1).values if sort else y
+            scale, shift = self.revin.inverse(mean, std)  # (B, C)
+            if out_scale is not None:
+                scale, shift = scale * out_scale, shift * out_scale + out_shift
+        elif out_scale is not None:
+            scale, shift = out_scale[None], out_shift[None]  # (1, C)
+        else:
+            return y
+        return y * scale[..., None, None] + shift[..., None, None]
 
 
 class ServedForecaster(nn.Module):
@@ -249,13 +286,14 @@ class ServedForecaster(nn.Module):
         covariates = given.get("covariates")
         if covariates is not None:
             covariates = (covariates - self.net.covariate_mean) / self.net.covariate_std
-        y = self.net((history - mean) / std, given.get("calendar"), covariates)  # (B, H, C, Q)
-        y = y * std[:, None] + mean[:, None]
-        if self.interval_scale is None:
-            return y
-        median = y[..., self.median_index : self.median_index + 1]  # (B, H, C, 1)
-        y = median + (y - median) * self.interval_scale[:, None, :]  # (H, 1, Q) over channels
-        return torch.sort(y, dim=-1).values
+        y = self.net.channel_major((history - mean) / std, given.get("calendar"), covariates, std, mean)  # (B, C, H, Q)
+        quantiles = sort_quantiles(list(y.unbind(-1)))  # Q x (B, C, H)
+        if self.interval_scale is not None:
+            median = quantiles[self.median_index]  # (B, C, H)
+            quantiles = [q if k == self.median_index else median + (q - median) * self.interval_scale[:, k]
+                         for k, q in enumerate(quantiles)]
+            quantiles = sort_quantiles(quantiles)
+        return torch.stack(quantiles, dim=-1).transpose(1, 2)  # (B, H, C, Q)
 
 
 def create_forecaster(cfg: ForecastModelConfig, look_back: int, horizon: int, channels: int,
