@@ -24,7 +24,10 @@ class SeriesDataConfig:
     model over the look-back, not forecast. Example: [HUFL, HULL] with --data.target '[OT]'."""
     calendar: list[str] = field(default_factory=list)
     """Known-future calendar features generated from the timestamps, for the look-back and the
-    horizon: any of minute, hour, weekday, day, month, dayofyear. Example: [hour, weekday, month]."""
+    horizon: any of minute, hour, weekday, day, month, dayofyear, holiday. Example: [hour, weekday, month]."""
+    holidays: str | None = None
+    """Region of the `holiday` calendar feature: a country code of the `holidays` package, optionally
+    with a subdivision (`US`, `US-CA`, `GB`, `DE`, `CN`). Needed only when --data.calendar lists holiday."""
     id_column: str | None = None
     """Series id column of a long file holding many series; null means one series."""
     freq: str | None = None

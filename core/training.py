@@ -132,11 +132,12 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
         raise ConfigError(f"--resume: {last} does not exist; give the --run_dir of the run to continue")
     if not cfg.resume and last.is_file() and RUN_DIR_ENV not in os.environ:
         raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config_yaml)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     built = app.load_pipeline().build(cfg, pretrained=cfg.model.pretrained)
+    # only now: bad data or settings stop the run before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_yaml)
     dm = built.datamodule
     task = make_task(built, cfg, config, class_weights=dm.class_weights(getattr(cfg.optim, "class_weights", None)))
     freeze = getattr(cfg.model, "freeze_epochs", 0)

@@ -54,7 +54,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.mean = train.mean(axis=0).astype(np.float64)  # (C,)
         self.std = np.maximum(train.std(axis=0), 1e-8).astype(np.float64)  # (C,)
         self.normalized = [torch.from_numpy(((s.values - self.mean) / self.std).astype(np.float32)) for s in self.table.series]
-        self.calendar = ([torch.from_numpy(calendar_features(s.timestamps, cfg.calendar)) for s in self.table.series]
+        self.calendar = ([torch.from_numpy(calendar_features(s.timestamps, cfg.calendar, cfg.holidays)) for s in self.table.series]
                          if cfg.calendar else None)
         self.covariate_mean = self.covariate_std = self.covariates = None
         if cfg.covariates:

@@ -67,6 +67,7 @@ def build(
         "mean": mean,
         "std": std,
         "calendar": calendar,
+        "holidays": d.holidays if "holiday" in calendar else None,
         "covariates": covariates,
         "covariate_mean": cov_mean,
         "covariate_std": cov_std,
@@ -76,7 +77,7 @@ def build(
     if calendar:
         inputs.append({"name": CALENDAR_INPUT, "dtype": "float32", "shape": ["batch", L + H, len(calendar)],
                        "layout": "look-back then horizon steps x calendar features (runtime.series.calendar_features)",
-                       "features": calendar, "known_future": True})
+                       "features": calendar, "holidays": preprocess["holidays"], "known_future": True})
     if covariates:
         inputs.append({"name": COVARIATES_INPUT, "dtype": "float32", "shape": ["batch", L, len(covariates)],
                        "layout": "look-back steps x raw past-observed covariates", "columns": covariates,

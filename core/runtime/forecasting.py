@@ -89,7 +89,7 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
         xs.append(x)
         ys.append(y)
         if pre.get("calendar"):
-            cal = calendar_features(s.timestamps, pre["calendar"])
+            cal = calendar_features(s.timestamps, pre["calendar"], pre.get("holidays"))
             past, future = windows(cal, starts, L, H)
             cals.append(np.concatenate([past, future], axis=1))  # (n, L+H, K)
         if pre.get("covariates"):
@@ -200,7 +200,7 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
                 covs.append(past)
             if calendar:
                 future = np.array(future_timestamps(series.timestamps[-1], pre["freq"], H), dtype="datetime64[us]")
-                cals.append(calendar_features(np.concatenate([series.timestamps[-L:], future]), calendar))
+                cals.append(calendar_features(np.concatenate([series.timestamps[-L:], future]), calendar, pre.get("holidays")))
             histories.append(window)
             lasts.append(series.timestamps[-1])
             filled.append(int(series.filled))
@@ -267,7 +267,8 @@ def _decode_extra(pre: dict, item: dict) -> dict:
             raise DataError("last_timestamp: required (calendar features are generated from it), e.g. "
                             '"2018-06-26T19:00:00"') from None
         stamps = shifted_timestamps(last, pre["freq"], range(1 - pre["look_back"], pre["horizon"] + 1))
-        extra["calendar"] = calendar_features(np.array(stamps, dtype="datetime64[us]"), pre["calendar"])
+        extra["calendar"] = calendar_features(np.array(stamps, dtype="datetime64[us]"), pre["calendar"],
+                                              pre.get("holidays"))
     if pre.get("covariates"):
         P, L = len(pre["covariates"]), pre["look_back"]
         try:

@@ -17,7 +17,7 @@ from core.errors import ConfigError, DataError
 
 FILL_METHODS = ("linear", "ffill", "zero", "none")
 # known-future calendar features: name -> (value from a datetime64[us] array, number of values)
-CALENDAR_FEATURES = ("minute", "hour", "weekday", "day", "month", "dayofyear")
+CALENDAR_FEATURES = ("minute", "hour", "weekday", "day", "month", "dayofyear", "holiday")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CALENDAR_UNITS = ("mo", "q", "y")
 
@@ -207,11 +207,13 @@ def fill_missing(values: np.ndarray, method: str) -> np.ndarray:
 # --- calendar features ---------------------------------------------------------------------
 
 
-def calendar_features(timestamps: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
+def calendar_features(timestamps: np.ndarray, names: list[str] | tuple[str, ...],
+                      holidays: str | None = None) -> np.ndarray:
     """Known-future features of datetime64 timestamps (T,) -> (T, K) float32, each in [-0.5, 0.5].
 
     minute/59, hour/23, weekday/6 (Monday 0), (day-1)/30, (month-1)/11, (dayofyear-1)/365,
-    each minus 0.5 (the encoding of the Informer/Autoformer loaders).
+    each minus 0.5 (the encoding of the Informer/Autoformer loaders); `holiday` is 0.5 on the
+    public holidays of the `holidays` region (e.g. `US`, `US-CA`, `CN`), else -0.5.
     """
     unknown = [n for n in names if n not in CALENDAR_FEATURES]
     if unknown:
@@ -228,8 +230,28 @@ def calendar_features(timestamps: np.ndarray, names: list[str] | tuple[str, ...]
         "month": (months.astype(np.int64) % 12, 11),
         "dayofyear": ((days - years.astype("datetime64[D]")).astype(np.int64), 365),
     }
+    if "holiday" in names:
+        raw["holiday"] = (np.isin(days, holiday_dates(holidays, years)), 1)
     cols = [raw[n][0].astype(np.float64) / raw[n][1] - 0.5 for n in names]
     return np.stack(cols, axis=-1).astype(np.float32) if cols else np.zeros((len(ts), 0), np.float32)
+
+
+def holiday_dates(region: str | None, years: np.ndarray) -> np.ndarray:
+    """Public holidays (datetime64[D]) of `region` (`CC` or `CC-SUBDIV`) in the given years."""
+    if not region:
+        raise ConfigError("--data.calendar holiday needs --data.holidays, a country code such as US, GB or CN")
+    try:
+        import holidays  # pure Python; imported only for models that use it
+    except ImportError:
+        raise ConfigError("the holiday feature needs the `holidays` package: pip install holidays") from None
+    country, _, subdiv = region.partition("-")
+    year = years.astype(np.int64) + 1970
+    try:
+        dates = holidays.country_holidays(country.upper(), subdiv=subdiv or None,
+                                          years=range(year.min(), year.max() + 1) if len(year) else [])
+    except NotImplementedError as exc:
+        raise ConfigError(f"--data.holidays {region}: {exc}") from None
+    return np.array(sorted(dates), dtype="datetime64[D]")
 
 
 # --- frequency and season ------------------------------------------------------------------

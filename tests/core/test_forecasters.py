@@ -9,7 +9,7 @@ import torch
 
 from core.export import export_onnx
 from core.forecast_config import ForecastModelConfig
-from core.models.forecasters import ServedForecaster, create_forecaster
+from core.models.forecasters import ServedForecaster, create_forecaster, sort_quantiles
 from core.runtime import baselines
 from core.tasks.forecasting import apply_interval_scale, fit_interval_scale, pinball_loss
 
@@ -33,6 +33,15 @@ def test_shapes_sorted_quantiles_and_onnx_parity(name, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {"history": history[:1].numpy()})[0]  # batch size other than the export's
     np.testing.assert_allclose(got, q[:1].numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 9, 12])  # 12: past the network's size, torch.sort
+def test_sort_quantiles_equals_a_sort(n):
+    torch.manual_seed(n)
+    values = torch.randn(4, 7, 5, n)
+    values[..., 0] = values[..., -1]  # ties
+    got = torch.stack(sort_quantiles(list(values.unbind(-1))), dim=-1)
+    torch.testing.assert_close(got, torch.sort(values, dim=-1).values, rtol=0, atol=0)
 
 
 def test_normalisation_is_inside_the_graph():

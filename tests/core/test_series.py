@@ -112,6 +112,16 @@ def test_calendar_features_known_dates():
         calendar_features(stamps, ["hour", "holiday"])
 
 
+def test_holiday_feature_marks_the_region_public_holidays():
+    stamps = np.array(["2024-07-04T09:00", "2024-07-05T09:00", "2024-11-29T00:00", "2025-01-01T23:00"],
+                      dtype="datetime64[us]")
+    us = calendar_features(stamps, ["hour", "holiday"], "US")[:, 1] + 0.5
+    np.testing.assert_array_equal(us, [1, 0, 0, 1])  # Independence Day, a Friday, the day after Thanksgiving, New Year
+    np.testing.assert_array_equal(calendar_features(stamps, ["holiday"], "US-CA")[:, 0] + 0.5, [1, 0, 1, 1])
+    with pytest.raises(ConfigError, match="--data.holidays XX"):
+        calendar_features(stamps, ["holiday"], "XX")
+
+
 def test_covariate_columns_are_filled_and_kept_apart_from_targets():
     df = _frame(48, timedelta(hours=1)).rename({"t": "ts"}).with_columns(
         pl.Series("temp", [float(i) if i != 5 else None for i in range(48)]), pl.Series("load", np.ones(48) * 2.0)
