@@ -12,8 +12,8 @@ import polars as pl
 from core.errors import DataError, DeepappsError
 from core.runtime import baselines
 from core.runtime.series import (
-    calendar_features, future_timestamps, load_table, prepare_frame, read_frame, season_length, shifted_timestamps,
-    split_ranges, window_starts, windows,
+    SeriesTable, calendar_features, future_timestamps, load_table, prepare_frame, read_frame, season_length,
+    shifted_timestamps, split_ranges, window_starts, windows,
 )
 from core.runtime.session import OnnxModel
 
@@ -64,24 +64,33 @@ def _undo_calibration(q: np.ndarray, pre: dict) -> np.ndarray | None:
 # --- evaluate ------------------------------------------------------------------------------
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ForecastEvaluation:
-    """Rolling-origin backtest (stride 1) over every window of `split`, against baselines.
+@dataclass
+class SplitWindows:
+    """Every stride-1 window of one split, as the model takes them, with the training statistics."""
 
-    MSE and MAE are on the z-scale of the training statistics (the ETT protocol); MASE and
-    sMAPE on the raw scale; coverage and width of the outer quantile interval.
-    """
+    x: np.ndarray  # (N, L, C) raw histories
+    y: np.ndarray  # (N, H, C) raw actuals, float64
+    calendar: np.ndarray | None  # (N, L+H, K)
+    covariates: np.ndarray | None  # (N, L, P) raw
+    train: np.ndarray  # (T, C) raw training values of every series, float64
+    mean: np.ndarray  # (C,) training mean, as in fit
+    std: np.ndarray  # (C,) training std, as in fit
+    table: SeriesTable
+    ranges: list[dict]
+
+
+def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> SplitWindows:
+    """The windows of `split` of `data_path`, cut with the model's split settings (from its metadata)."""
     pre = model.meta["preprocess"]
     data = model.meta.get("train", {}).get("data_config", {})
     if split not in ("train", "val", "test"):
         raise DeepappsError(f"--split {split}: choose train, val or test")
-    L, H, qs = pre["look_back"], pre["horizon"], pre["quantiles"]
+    L, H = pre["look_back"], pre["horizon"]
     table = load_table(data_path, pre["timestamp"], pre["targets"], pre["id_column"], pre["freq"], pre["fill"],
                        pre.get("covariates"))
     ranges = [split_ranges(len(s.values), data.get("split", "fractions"), table.freq, data.get("val_fraction", 0.1),
                            data.get("test_fraction", 0.2)) for s in table.series]
     train = np.concatenate([s.values[: r["train"][1]] for s, r in zip(table.series, ranges)]).astype(np.float64)
-    mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)  # (C,), as in fit
-    season = pre.get("season_length") or season_length(table.freq)
     xs, ys, cals, covs = [], [], [], []
     for s, r in zip(table.series, ranges):
         starts = window_starts(r[split], L, H)
@@ -94,12 +103,25 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
             cals.append(np.concatenate([past, future], axis=1))  # (n, L+H, K)
         if pre.get("covariates"):
             covs.append(windows(s.covariates, starts, L, H)[0])  # (n, L, P)
-    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.float64)  # (N, L, C), (N, H, C)
+    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.float64)
     if len(x) == 0:
         raise DataError(f"{data_path}: no {split} window of {L} + {H} steps")
-    calendar = np.concatenate(cals) if cals else None
-    covariates = np.concatenate(covs) if covs else None
-    q = forecast(model, x, batch_size, calendar, covariates).astype(np.float64)  # (N, H, C, Q)
+    return SplitWindows(x, y, np.concatenate(cals) if cals else None, np.concatenate(covs) if covs else None,
+                        train, train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8), table, ranges)
+
+
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ForecastEvaluation:
+    """Rolling-origin backtest (stride 1) over every window of `split`, against baselines.
+
+    MSE and MAE are on the z-scale of the training statistics (the ETT protocol); MASE and
+    sMAPE on the raw scale; coverage and width of the outer quantile interval.
+    """
+    pre = model.meta["preprocess"]
+    L, H, qs = pre["look_back"], pre["horizon"], pre["quantiles"]
+    w = split_windows(model, data_path, split)
+    x, y, mean, std, table, ranges, train = w.x, w.y, w.mean, w.std, w.table, w.ranges, w.train
+    season = pre.get("season_length") or season_length(table.freq)
+    q = forecast(model, x, batch_size, w.calendar, w.covariates).astype(np.float64)  # (N, H, C, Q)
     median = q[..., qs.index(0.5)]
     points = {"model": median,
               "last_value": baselines.last_value(x, H),
