@@ -115,7 +115,8 @@ def write_forecast_report(run_dir: Path, app, built, cfg, config_yaml: str, metr
         "- Intervals are quantiles learnt on the training period (rescaled on the validation period when calibrated); "
         "check coverage above before trusting them.",
         (f"- Inputs besides the targets' history: past covariates {cfg.data.covariates or 'none'}, "
-         f"calendar features {cfg.data.calendar or 'none'}."),
+         f"calendar features {cfg.data.calendar or 'none'}"
+         + (f" (holidays of {cfg.data.holidays})." if "holiday" in cfg.data.calendar else ".")),
         "- The scores come from one held-out period; regime changes after it are not covered.",
     ]
     return write_text(run_dir / "model_card.md", "\n".join(lines) + "\n")
