@@ -1,14 +1,15 @@
 """Forecasting networks: DLinear, an RNN with a direct multi-horizon head, and PatchTST.
 
-Every backbone maps a z-scored window (B, L, C) to channel-major quantiles (B, C, H, Q);
+Every backbone maps a channel-major window (B, C, L) to channel-major quantiles (B, C, H, Q);
 `Forecaster` wraps one with RevIN (per-window instance normalisation) and sorted quantiles
 (B, H, C, Q), and `ServedForecaster` adds the train-statistics z-score so the exported graph takes
 raw values. All are channel-independent: one set of weights is applied to every channel.
 
-The quantiles stay channel-major until the last step, and every per-window or per-channel
-rescaling is folded into one multiply-add over (B, C, H*Q): ONNX Runtime broadcasts slowly over
-an innermost axis of size Q, and its TopK over Q values cost more than the linear map itself at
-256 windows, so a small sorting network of min/max replaces it.
+The window is transposed to channel-major once, on the way in, and the quantiles stay
+channel-major until the way out, with every per-window or per-channel rescaling of the output
+folded into one multiply-add: ONNX Runtime broadcasts slowly over a small innermost axis (C or Q)
+and its TopK over Q values cost more than the linear map itself at 256 windows, so a small sorting
+network of min/max replaces it.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ class RevIN(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean = x.mean(dim=1, keepdim=True)  # (B, 1, C)
-        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps)  # (B, 1, C)
+        """x (B, C, L) -> normalised x, mean (B, C, 1), std (B, C, 1)."""
+        mean = x.mean(dim=-1, keepdim=True)  # (B, C, 1)
+        std = torch.sqrt(x.var(dim=-1, keepdim=True, unbiased=False) + self.eps)  # (B, C, 1)
         x = (x - mean) / std
         if self.weight is not None:
-            x = x * self.weight + self.bias
+            x = x * self.weight[:, None] + self.bias[:, None]
         return x, mean, std
 
     def inverse(self, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), each (B, C): `y * scale + shift` undoes `normalize` for the window."""
-        mean, std = mean[:, 0], std[:, 0]  # (B, C)
+        mean, std = mean[..., 0], std[..., 0]  # (B, C)
         if self.weight is None:
             return std, mean
         scale = std / (self.weight + self.eps * self.eps)
@@ -74,8 +76,7 @@ class DLinear(nn.Module):
         self.horizon, self.n_quantiles = horizon, n_quantiles
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
-        x = x.transpose(1, 2)  # (B, C, L)
+        B, C, L = x.shape
         pad = (self.kernel_size - 1) // 2
         padded = torch.cat([x[..., :1].expand(B, C, pad), x, x[..., -1:].expand(B, C, self.kernel_size - 1 - pad)], dim=-1)
         trend = F.avg_pool1d(padded, self.kernel_size, stride=1)  # (B, C, L)
@@ -93,8 +94,8 @@ class RLinear(nn.Module):
         self.horizon, self.n_quantiles = horizon, n_quantiles
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
-        y = self.linear(self.drop(x.transpose(1, 2)))  # (B, C, H*Q)
+        B, C, L = x.shape
+        y = self.linear(self.drop(x))  # (B, C, H*Q)
         return y.view(B, C, self.horizon, self.n_quantiles)  # (B, C, H, Q)
 
 
@@ -112,8 +113,8 @@ class RNNForecaster(nn.Module):
         self.horizon, self.n_quantiles = horizon, n_quantiles
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
-        seq = x.transpose(1, 2).reshape(B * C, L, 1)  # (B*C, L, 1)
+        B, C, L = x.shape
+        seq = x.reshape(B * C, L, 1)  # (B*C, L, 1)
         out, _ = self.rnn(seq)  # (B*C, L, hidden)
         y = self.head(out[:, -1])  # (B*C, H*Q)
         return y.view(B, C, self.horizon, self.n_quantiles)  # (B, C, H, Q)
@@ -162,8 +163,8 @@ class PatchTST(nn.Module):
         self.horizon, self.n_quantiles = horizon, n_quantiles
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
-        seq = x.transpose(1, 2).reshape(B * C, L)  # (B*C, L)
+        B, C, L = x.shape
+        seq = x.reshape(B * C, L)  # (B*C, L)
         seq = torch.cat([seq, seq[:, -1:].expand(B * C, self.stride)], dim=1)  # (B*C, L+S)
         patches = seq[:, self.patch_index]  # (B*C, P, patch_len); a gather, which ONNX can express
         z = self.drop(self.embed(patches) + self.pos)  # (B*C, P, D)
@@ -241,10 +242,15 @@ class Forecaster(nn.Module):
         return y.transpose(1, 2)
 
     def channel_major(self, x: torch.Tensor, calendar: torch.Tensor | None = None,
-                      covariates: torch.Tensor | None = None, out_scale: torch.Tensor | None = None,
-                      out_shift: torch.Tensor | None = None) -> torch.Tensor:
-        """Unsorted quantiles (B, C, H, Q), optionally mapped by `* out_scale + out_shift` (C,) per
-        channel; that map and RevIN's inverse become one multiply-add."""
+                      covariates: torch.Tensor | None = None, raw: bool = False) -> torch.Tensor:
+        """Unsorted quantiles (B, C, H, Q) of x (B, L, C).
+
+        With `raw`, x and the output are on the raw scale (the training z-score applied on the way
+        in and undone on the way out, folded into RevIN's inverse); else both are z-scored.
+        """
+        x = x.transpose(1, 2)  # (B, C, L)
+        if raw:
+            x = (x - self.mean[:, None]) / self.std[:, None]
         if self.revin is not None:
             x, mean, std = self.revin.normalize(x)
         y = self.backbone(x)  # (B, C, H, Q)
@@ -252,10 +258,10 @@ class Forecaster(nn.Module):
             y = y + self.exogenous(calendar, covariates)  # on the RevIN scale of each window
         if self.revin is not None:
             scale, shift = self.revin.inverse(mean, std)  # (B, C)
-            if out_scale is not None:
-                scale, shift = scale * out_scale, shift * out_scale + out_shift
-        elif out_scale is not None:
-            scale, shift = out_scale[None], out_shift[None]  # (1, C)
+            if raw:
+                scale, shift = scale * self.std, shift * self.std + self.mean
+        elif raw:
+            scale, shift = self.std[None], self.mean[None]  # (1, C)
         else:
             return y
         return y * scale[..., None, None] + shift[..., None, None]
@@ -281,12 +287,11 @@ class ServedForecaster(nn.Module):
         self.register_buffer("interval_scale", scale, persistent=False)  # (H, Q) or None
 
     def forward(self, history: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        mean, std = self.net.mean, self.net.std  # (C,)
         given = dict(zip(self.extra_inputs, extra))
         covariates = given.get("covariates")
         if covariates is not None:
             covariates = (covariates - self.net.covariate_mean) / self.net.covariate_std
-        y = self.net.channel_major((history - mean) / std, given.get("calendar"), covariates, std, mean)  # (B, C, H, Q)
+        y = self.net.channel_major(history, given.get("calendar"), covariates, raw=True)  # (B, C, H, Q)
         quantiles = sort_quantiles(list(y.unbind(-1)))  # Q x (B, C, H)
         if self.interval_scale is not None:
             median = quantiles[self.median_index]  # (B, C, H)
