@@ -1,12 +1,12 @@
 """PyTorch eager vs ONNX Runtime on the same exported forecaster, side by side in one process.
 
     python benchmarks/forecast_ort_vs_torch.py [--models rlinear dlinear patchtst rnn] [--look-back 336]
-        [--horizon 96] [--channels 7] [--batches 1 256] [--threads 2]
+        [--horizon 96] [--channels 7] [--batches 1 256] [--threads 1]
 
 Freshly initialised networks (speed does not depend on the weights), exported exactly as fit
 exports them: z-score + RevIN inside, quantile output with the per-step interval calibration
-(random factors). Prints the median latency per batch of windows for both, timed in turn, and
-the ORT/torch speed-up.
+(random factors). Prints the median latency per batch of windows for both, timed in turns of
+`--block` calls each, and the ORT/torch speed-up.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-# torch's OpenMP workers must sleep between calls, or they spin while ONNX Runtime runs
+# neither engine's idle threads may spin while the other runs: OMP PASSIVE here, no spinning in ORT below
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
@@ -36,13 +36,16 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=96)
     parser.add_argument("--channels", type=int, default=7)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads = ORT intra-op threads")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads = ORT intra-op threads; with more than 1, the two engines' thread "
+                             "pools interfere in one process (see apps/finance/forecast/README.md)")
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--block", type=int, default=10, help="calls of one engine per turn (1: strictly alternate)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     L, H, C = args.look_back, args.horizon, args.channels
-    print(f"L={L} H={H} C={C}, {args.threads} threads each, calls interleaved, torch {torch.__version__}, "
+    print(f"L={L} H={H} C={C}, {args.threads} threads each, turns of {args.block} calls, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}")
     print(f"{'model':>9} {'batch':>5} {'torch eager ms':>15} {'ORT ms':>10} {'ORT speed-up':>13}")
     for name in args.models:
@@ -57,13 +60,15 @@ def main() -> None:
                         output_names=["quantiles"])
             options = ort.SessionOptions()
             options.intra_op_num_threads = args.threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OMP PASSIVE for torch
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             for batch in args.batches:
                 x = rng.standard_normal((batch, L, C)).astype(np.float32)
                 xt = torch.from_numpy(x)
                 with torch.inference_mode():
                     ms = interleaved_median_ms({"torch": lambda: eager(xt),
-                                                "ort": lambda: session.run(None, {"history": x})}, args.repeats)
+                                                "ort": lambda: session.run(None, {"history": x})}, args.repeats,
+                                               block=args.block)
                 print(f"{name:>9} {batch:>5} {ms['torch']:>15.2f} {ms['ort']:>10.2f} {ms['torch'] / ms['ort']:>12.2f}x")
 
 

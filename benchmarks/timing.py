@@ -20,16 +20,22 @@ def median_seconds(fn: Callable[[], object], repeats: int = 20, warmup: int = 3)
 
 
 def interleaved_median_ms(calls: dict[str, Callable[[], object]], repeats: int = 20,
-                          warmup: int = 3) -> dict[str, float]:
+                          warmup: int = 3, block: int = 1) -> dict[str, float]:
     """Median wall ms of each call, timed in turn (a, b, a, b, ...) so load on a shared machine
-    falls on every contender alike instead of on whichever ran during a busy spell."""
+    falls on every contender alike instead of on whichever ran during a busy spell.
+
+    `block` > 1 runs each call that many times per turn (a x block, b x block, ...), so each
+    engine's caches and threads are warm as in a service that runs one model, while a busy
+    spell still falls on both.
+    """
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // block)):
         for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
