@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import DataError
 from core.forecast_config import SeriesDataConfig
 from core.runtime.series import (
-    SeriesTable, calendar_features, load_table, season_length, split_ranges, window_starts,
+    SeriesTable, calendar_features, load_table, season_length, split_ranges, training_statistics, window_starts,
 )
 
 
@@ -50,17 +50,14 @@ class SeriesDataModule(L.LightningDataModule):
             split_ranges(len(s.values), cfg.split, self.table.freq, cfg.val_fraction, cfg.test_fraction)
             for s in self.table.series
         ]
-        train = np.concatenate([s.values[: r["train"][1]] for s, r in zip(self.table.series, self.ranges)])
-        self.mean = train.mean(axis=0).astype(np.float64)  # (C,)
-        self.std = np.maximum(train.std(axis=0), 1e-8).astype(np.float64)  # (C,)
+        _, self.mean, self.std = training_statistics([s.values for s in self.table.series], self.ranges)  # (C,)
         self.normalized = [torch.from_numpy(((s.values - self.mean) / self.std).astype(np.float32)) for s in self.table.series]
         self.calendar = ([torch.from_numpy(calendar_features(s.timestamps, cfg.calendar, cfg.holidays)) for s in self.table.series]
                          if cfg.calendar else None)
         self.covariate_mean = self.covariate_std = self.covariates = None
         if cfg.covariates:
-            cov = np.concatenate([s.covariates[: r["train"][1]] for s, r in zip(self.table.series, self.ranges)])
-            self.covariate_mean = cov.mean(axis=0).astype(np.float64)  # (P,)
-            self.covariate_std = np.maximum(cov.std(axis=0), 1e-8).astype(np.float64)  # (P,)
+            _, self.covariate_mean, self.covariate_std = training_statistics(
+                [s.covariates for s in self.table.series], self.ranges)  # (P,)
             self.covariates = [torch.from_numpy(((s.covariates - self.covariate_mean) / self.covariate_std).astype(np.float32))
                                for s in self.table.series]
         self.index = {split: self._index(split) for split in ("train", "val", "test")}

@@ -13,7 +13,7 @@ from core.errors import DataError, DeepappsError
 from core.runtime import baselines
 from core.runtime.series import (
     SeriesTable, calendar_features, future_timestamps, load_table, prepare_frame, read_frame, season_length,
-    shifted_timestamps, split_ranges, window_starts, windows,
+    shifted_timestamps, split_ranges, training_statistics, window_starts, windows,
 )
 from core.runtime.session import OnnxModel
 
@@ -73,8 +73,8 @@ class SplitWindows:
     calendar: np.ndarray | None  # (N, L+H, K)
     covariates: np.ndarray | None  # (N, L, P) raw
     train: np.ndarray  # (T, C) raw training values of every series, float64
-    mean: np.ndarray  # (C,) training mean, as in fit
-    std: np.ndarray  # (C,) training std, as in fit
+    mean: np.ndarray  # (C,) training mean (training_statistics, as in fit)
+    std: np.ndarray  # (C,) training std
     table: SeriesTable
     ranges: list[dict]
 
@@ -90,7 +90,7 @@ def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> Spli
                        pre.get("covariates"))
     ranges = [split_ranges(len(s.values), data.get("split", "fractions"), table.freq, data.get("val_fraction", 0.1),
                            data.get("test_fraction", 0.2)) for s in table.series]
-    train = np.concatenate([s.values[: r["train"][1]] for s, r in zip(table.series, ranges)]).astype(np.float64)
+    train, mean, std = training_statistics([s.values for s in table.series], ranges)
     xs, ys, cals, covs = [], [], [], []
     for s, r in zip(table.series, ranges):
         starts = window_starts(r[split], L, H)
@@ -107,7 +107,7 @@ def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> Spli
     if len(x) == 0:
         raise DataError(f"{data_path}: no {split} window of {L} + {H} steps")
     return SplitWindows(x, y, np.concatenate(cals) if cals else None, np.concatenate(covs) if covs else None,
-                        train, train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8), table, ranges)
+                        train, mean, std, table, ranges)
 
 
 def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ForecastEvaluation:
@@ -198,16 +198,15 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
         if column not in df.columns:
             raise DataError(f"{args.history}: no column {column!r} (the model needs {', '.join(needed)})")
     ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
-    df = df.with_columns(ids.alias("__sid"))
-    present = list(dict.fromkeys(df["__sid"].to_list()))
-    wanted = [s.strip() for s in args.series.split(",")] if args.series else present
-    rows, ok_ids, histories, lasts, filled, cals, covs = [], [], [], [], [], [], []
+    parts = {key[0]: part.drop("__sid") for key, part in
+             df.with_columns(ids.alias("__sid")).partition_by("__sid", maintain_order=True, as_dict=True).items()}
+    wanted = [s.strip() for s in args.series.split(",")] if args.series else list(parts)
+    rows, ok_ids, histories, futures, filled, cals, covs = [], [], [], [], [], [], []
     for sid in wanted:
         try:
-            if sid not in present:
+            if sid not in parts:
                 raise DataError(f"unknown series id {sid!r}: not in {args.history}")
-            part = df.filter(pl.col("__sid") == sid).drop("__sid")
-            table = prepare_frame(part, args.history, pre["timestamp"], targets, id_col, pre["freq"], pre["fill"],
+            table = prepare_frame(parts[sid], args.history, pre["timestamp"], targets, id_col, pre["freq"], pre["fill"],
                                   covariates)
             series = table.series[0]
             if len(series.values) < L:
@@ -220,11 +219,11 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
                 if not np.isfinite(past).all():
                     raise DataError(f"series {sid or '(single)'}: non-finite covariate values in the latest window")
                 covs.append(past)
+            future = np.array(future_timestamps(series.timestamps[-1], pre["freq"], H), dtype="datetime64[us]")
             if calendar:
-                future = np.array(future_timestamps(series.timestamps[-1], pre["freq"], H), dtype="datetime64[us]")
                 cals.append(calendar_features(np.concatenate([series.timestamps[-L:], future]), calendar, pre.get("holidays")))
             histories.append(window)
-            lasts.append(series.timestamps[-1])
+            futures.append(future.tolist())  # datetime objects, as the output column takes them
             filled.append(int(series.filled))
             ok_ids.append(sid)
         except DataError as exc:
@@ -233,8 +232,7 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
     if histories:
         quantiles = forecast(model, np.stack(histories), args.batch_size, np.stack(cals) if cals else None,
                              np.stack(covs) if covs else None)  # (S, H, C, Q)
-        for sid, last, n_filled, q in zip(ok_ids, lasts, filled, quantiles):
-            stamps = future_timestamps(last, pre["freq"], H)
+        for sid, stamps, n_filled, q in zip(ok_ids, futures, filled, quantiles):
             for c, target in enumerate(targets):
                 for h in range(H):
                     rows.append({"series_id": sid, "timestamp": stamps[h], "target": target, "step": h + 1}

@@ -6,6 +6,7 @@ same frequency, the same filled values, the same split borders and the same wind
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import polars as pl
 from core.errors import ConfigError, DataError
 
 FILL_METHODS = ("linear", "ffill", "zero", "none")
-# known-future calendar features: name -> (value from a datetime64[us] array, number of values)
+# known-future calendar features (calendar_features)
 CALENDAR_FEATURES = ("minute", "hour", "weekday", "day", "month", "dayofyear", "holiday")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CALENDAR_UNITS = ("mo", "q", "y")
@@ -204,6 +205,13 @@ def fill_missing(values: np.ndarray, method: str) -> np.ndarray:
     return values
 
 
+def training_statistics(parts: list[np.ndarray], ranges: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training part of every series stacked (T, C) in float64, its mean and std (C,), std at
+    least 1e-8: the z-score that fit bakes into the graph and evaluate scores on."""
+    train = np.concatenate([p[: r["train"][1]] for p, r in zip(parts, ranges)]).astype(np.float64)
+    return train, train.mean(axis=0), np.maximum(train.std(axis=0), 1e-8)
+
+
 # --- calendar features ---------------------------------------------------------------------
 
 
@@ -240,18 +248,24 @@ def holiday_dates(region: str | None, years: np.ndarray) -> np.ndarray:
     """Public holidays (datetime64[D]) of `region` (`CC` or `CC-SUBDIV`) in the given years."""
     if not region:
         raise ConfigError("--data.calendar holiday needs --data.holidays, a country code such as US, GB or CN")
+    year = years.astype(np.int64) + 1970
+    return _holidays(region, int(year.min()), int(year.max())) if len(year) else np.array([], "datetime64[D]")
+
+
+@functools.lru_cache(maxsize=64)  # predict asks once per series, for the same few years
+def _holidays(region: str, first: int, last: int) -> np.ndarray:
     try:
         import holidays  # pure Python; imported only for models that use it
     except ImportError:
         raise ConfigError("the holiday feature needs the `holidays` package: pip install holidays") from None
     country, _, subdiv = region.partition("-")
-    year = years.astype(np.int64) + 1970
     try:
-        dates = holidays.country_holidays(country.upper(), subdiv=subdiv or None,
-                                          years=range(year.min(), year.max() + 1) if len(year) else [])
+        dates = holidays.country_holidays(country.upper(), subdiv=subdiv or None, years=range(first, last + 1))
     except NotImplementedError as exc:
         raise ConfigError(f"--data.holidays {region}: {exc}") from None
-    return np.array(sorted(dates), dtype="datetime64[D]")
+    out = np.array(sorted(dates), dtype="datetime64[D]")
+    out.flags.writeable = False  # shared by every caller through the cache
+    return out
 
 
 # --- frequency and season ------------------------------------------------------------------
