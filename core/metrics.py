@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
+    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -40,7 +41,8 @@ def classification_metrics(
     Returns:
         A JSON-serialisable dict with `n`, `accuracy`, `macro_f1`, `auroc`,
         `auprc` (binary/multilabel), `per_class` and, for single-label problems,
-        `confusion_matrix` (rows = true, cols = predicted). Undefined scores are None.
+        `balanced_accuracy`, `classes_scored` (the classes present or predicted, which macro-F1
+        averages) and `confusion_matrix` (rows = true, cols = predicted). Undefined scores are None.
     """
     if problem not in PROBLEMS:
         raise ConfigError(f"unknown problem {problem!r}; expected one of {', '.join(PROBLEMS)}")
@@ -57,10 +59,15 @@ def _single_label(problem: str, targets: np.ndarray, probs: np.ndarray, labels: 
     classes = list(range(len(labels)))
     preds = probs.argmax(axis=1)
     per_class_auroc = [_binary_auroc(targets == k, probs[:, k]) for k in classes]
+    # a class absent from the split and never predicted has no F1 (torchmetrics leaves it out too,
+    # so the validation monitor and the ONNX evaluation agree); AUROC likewise averages present classes
+    scored = sorted(set(targets.tolist()) | set(preds.tolist()))
     out: dict = {
         "n": int(len(targets)),
         "accuracy": _float(accuracy_score(targets, preds)) if len(targets) else None,
-        "macro_f1": _macro_f1(targets, preds, classes),
+        "macro_f1": _macro_f1(targets, preds, scored),
+        "balanced_accuracy": _float(balanced_accuracy_score(targets, preds)) if len(targets) else None,
+        "classes_scored": [labels[k] for k in scored],
     }
     if problem == "binary":
         out["auroc"] = per_class_auroc[1] if len(classes) > 1 else None
@@ -111,7 +118,7 @@ def _per_class(
 
 
 def _macro_f1(targets: np.ndarray, preds: np.ndarray, classes: list[int] | None) -> float | None:
-    """Macro F1 over all classes (absent classes with no predictions count as 0)."""
+    """Macro F1 over `classes` (all labels for multilabel)."""
     if len(targets) == 0:
         return None
     return _float(f1_score(targets, preds, labels=classes, average="macro", zero_division=0))

@@ -22,6 +22,7 @@ from apps.healthcare.signal_models import (
 )
 from apps.healthcare.signals import SignalSettings, SignalSource, open_signal_source
 from core.data.class_weights import class_weights
+from core.data.image_sources import check_splits
 from core.errors import ConfigError
 from core.pipelines import Built
 
@@ -57,6 +58,7 @@ class SignalDataModule(L.LightningDataModule):
         self.cfg, self.imbalance, self.seed = cfg, imbalance, seed
         data = cfg.data
         self.source: SignalSource = open_signal_source(data.path, SignalSettings.from_dict(asdict(data)))
+        check_splits(self.source.splits, data.path)  # fit validates and tests: none may be empty
         if cfg.signal.length is not None and cfg.signal.length != self.source.length:
             raise ConfigError(f"--signal.length {cfg.signal.length}: {data.path} has {self.source.length} samples "
                               "per signal (use --signal.resample_to to change the model's length)")

@@ -78,8 +78,6 @@ def predict(model: OnnxModel, args: argparse.Namespace, decide) -> tuple[pl.Data
 def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> Evaluation:
     """Accuracy, macro-F1, balanced accuracy, AUC, per-class and the confusion matrix on `split`,
     re-split from the file exactly as fit did (settings and class names from the model)."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score  # evaluate only, never predict
-
     from core.metrics import classification_metrics
 
     meta = model.meta
@@ -92,13 +90,7 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     indices = source.splits[split]
     probs = score_signals(model, source.signals[indices], batch_size)
     targets = source.targets[indices]
-    metrics = classification_metrics(meta["task"], targets, probs, model.labels)
-    preds = probs.argmax(1)
-    present = sorted(set(targets.tolist()) | set(preds.tolist()))  # classes absent and never predicted: left out
-    metrics["macro_f1"] = float(f1_score(targets, preds, labels=present, average="macro", zero_division=0))
-    metrics["balanced_accuracy"] = float(balanced_accuracy_score(targets, preds))
-    metrics["classes_scored"] = [model.labels[k] for k in present]
-    metrics = {"split": split, "data": data_path} | metrics
+    metrics = {"split": split, "data": data_path} | classification_metrics(meta["task"], targets, probs, model.labels)
     return Evaluation(metrics, targets, probs, model.labels, meta["task"])
 
 

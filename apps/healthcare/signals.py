@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from apps.healthcare.synthetic import ECG_LABELS, ECG_NAME, synthetic_ecg
-from core.data.image_sources import SplitSettings, _stratified
+from core.data.image_sources import SplitSettings, stratified_splits
 from core.errors import DataError
 
 UCR_EXTENSIONS = (".txt", ".tsv")
@@ -139,14 +139,6 @@ def open_signal_source(path: str, settings: SignalSettings | None = None,
     if set(label_values) != set(label_values.values()):
         notes.append("class names: " + ", ".join(f"{k} = {v}" for k, v in label_values.items()))
     return SignalSource(description, labels, signals, targets, splits, dict(label_values), notes)
-
-
-def stratified_splits(targets: np.ndarray, split: SplitSettings) -> dict[str, np.ndarray]:
-    """train/val/test indices: `test_fraction` of each class, then `val_fraction` (of all)."""
-    rng = np.random.default_rng(split.seed)
-    rest, test = _stratified(np.arange(len(targets)), targets, split.test_fraction, rng)
-    train, val = _stratified(rest, targets, split.val_fraction / (1 - split.test_fraction), rng)
-    return {"train": train, "val": val, "test": test}
 
 
 def name_classes(raw: list[str], path: str) -> dict[str, str]:

@@ -108,9 +108,7 @@ def open_image_source(
     _complete_splits(source, split)
     if source.groups is not None:
         _check_groups(source, path)
-    for name in SPLITS:
-        if len(source.splits[name]) == 0:
-            raise DataError(f"{path}: the {name} split is empty; the dataset is too small")
+    check_splits(source.splits, path)
     return source
 
 
@@ -284,11 +282,7 @@ def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
         _complete_group_splits(source, settings, rng)
         return
     if not s:
-        everything = np.arange(len(source.refs))
-        rest, s["test"] = _stratified(everything, source.targets, settings.test_fraction, rng)
-        s["train"], s["val"] = _stratified(
-            rest, source.targets, settings.val_fraction / (1 - settings.test_fraction), rng
-        )
+        s.update(stratified_splits(source.targets, settings))
         source.notes.append(
             f"no given splits: stratified {1 - settings.val_fraction - settings.test_fraction:.0%}"
             f"/{settings.val_fraction:.0%}/{settings.test_fraction:.0%} train/val/test, seed {settings.seed}"
@@ -301,6 +295,21 @@ def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
         source.notes.append(
             f"validation: stratified {settings.val_fraction:.0%} of train, seed {settings.seed}"
         )
+
+
+def stratified_splits(targets: np.ndarray, settings: SplitSettings) -> dict[str, np.ndarray]:
+    """train/val/test indices: `test_fraction` of each class, then `val_fraction` (of all), seeded."""
+    rng = np.random.default_rng(settings.seed)
+    rest, test = _stratified(np.arange(len(targets)), targets, settings.test_fraction, rng)
+    train, val = _stratified(rest, targets, settings.val_fraction / (1 - settings.test_fraction), rng)
+    return {"train": train, "val": val, "test": test}
+
+
+def check_splits(splits: dict[str, np.ndarray], path: str | Path) -> None:
+    """Every split must hold at least one item: fit validates and tests on them."""
+    for name in SPLITS:
+        if len(splits[name]) == 0:
+            raise DataError(f"{path}: the {name} split is empty; the dataset is too small")
 
 
 def _complete_group_splits(source: ImageSource, settings: SplitSettings, rng: np.random.Generator) -> None:

@@ -78,6 +78,8 @@ def test_multiclass_absent_class_auroc() -> None:
     assert m["per_class"]["c"]["auroc"] is None
     assert m["per_class"]["c"]["support"] == 0
     assert m["confusion_matrix"][2] == [0, 0, 0]
+    # preds a, a, b, b: c is neither present nor predicted, so macro-F1 and balanced accuracy leave it out
+    assert m["classes_scored"] == ["a", "b"] and m["macro_f1"] == 1.0 and m["balanced_accuracy"] == 1.0
 
 
 def test_single_class_present_auroc_is_none() -> None:
