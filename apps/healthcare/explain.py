@@ -20,6 +20,7 @@ from PIL import Image
 from core.cli import OneLineParser
 from core.errors import ConfigError, DataError
 from core.registry import AppSpec
+from core.runtime.io import atomic_write
 
 
 def parser() -> OneLineParser:
@@ -84,7 +85,8 @@ def main(app: AppSpec, argv: list[str]) -> int:
                   "--layer with an earlier stage gives a finer one", file=sys.stderr)
         stem = re.sub(r"\.(png|jpe?g|dcm|dicom|bmp|tiff?|webp)$", "", Path(item.name).name, flags=re.I)
         path = out / f"{i:04d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem)}_gradcam.png"
-        overlay(pixels, cam, args.alpha, args.display_size).save(path)
+        image = overlay(pixels, cam, args.alpha, args.display_size)
+        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
         print(f"{_csv(item.name)},{_csv(label)},{probs[k]:.6f},{_csv(labels[k])},{path},")
     print(f"explained {len(items) - failures} of {len(items)} inputs with Grad-CAM on {layer_name}; PNGs in {out}",
           file=sys.stderr)
@@ -163,4 +165,4 @@ def _spec(built):
 
 
 def _csv(text: str) -> str:
-    return f'"{text}"' if any(c in text for c in ',"\n') else text
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text

@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from apps.healthcare.clinical import check_rule, choose_threshold, fit_temperature, nll, operating_point
 from apps.healthcare.config import HealthcareFitConfig
 from apps.healthcare.data import MedicalDataSettings, known_positive_label, open_medical_source
-from apps.healthcare.report import write_healthcare_report as write_report  # noqa: F401 (the core calls it)
 from core.data.images import ImageDataModule
 from core.errors import ConfigError
 from core.metrics import calibration_metrics
@@ -176,3 +175,10 @@ def post_fit(task, built: Built, cfg: HealthcareFitConfig) -> dict:
     return family | {"temperature": temperature, "threshold": threshold,
                      "clinical": {"calibration": calibration, "threshold": info, "imbalance": clinical.imbalance,
                                   "tta_flip": clinical.tta_flip}}
+
+
+def write_report(run_dir, app, built, cfg, config_yaml: str, metrics: dict, evaluation):
+    """The healthcare model card and plots (matplotlib is imported only when a run reports)."""
+    from apps.healthcare.report import write_healthcare_report
+
+    return write_healthcare_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apps.healthcare.signals import ucr_set
 from core.report.model_card import _table
 from core.report.plots import confusion_matrix_plot, reliability_plot
 from core.report.run_report import write_run_report
@@ -66,9 +67,11 @@ def signal_section(test: dict, built) -> str:
 
 def signal_limitations(cfg) -> list[str]:
     return [
-        f"Trained and tested on `{cfg.data.path}` only. UCR ECG5000 beats all come from one patient with severe "
-        "congestive heart failure, labelled by automated annotation: other patients, leads, devices and "
-        "beat-segmentation methods can score much lower. Validate locally before any research use.",
+        f"Trained and tested on `{cfg.data.path}` only"
+        + (": UCR ECG5000 beats all come from one patient with severe congestive heart failure, labelled by "
+           "automated annotation" if ucr_set(cfg.data.path) == "ecg5000" else "")
+        + ". Other patients, leads, devices and beat-segmentation methods can score much lower. Validate locally "
+        "before any research use.",
         "Inputs must be single beats cut and resampled like the training data (same length, same alignment); "
         f"the sampling rate {cfg.signal.sample_rate:g} Hz is nominal, not measured.",
         "Rare classes have few examples (a handful in validation and test), so their per-class numbers are "

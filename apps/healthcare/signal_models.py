@@ -60,10 +60,6 @@ class SignalFrontEnd(nn.Module):
         kernel = torch.as_tensor(fir, dtype=torch.float32).view(1, 1, -1) if fir is not None else None
         self.register_buffer("fir", kernel, persistent=False)
 
-    @property
-    def out_length(self) -> int:
-        return self.resample_to or self.length
-
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         x = signal.float()
         if self.fir is not None:  # symmetric kernel: correlation = convolution, `same` length

@@ -25,6 +25,7 @@ from core.data.class_weights import class_weights
 from core.data.image_sources import check_splits
 from core.errors import ConfigError
 from core.pipelines import Built
+from core.runtime.io import atomic_write
 
 INPUT_NAME = "signal"
 
@@ -117,14 +118,15 @@ class SignalDataModule(L.LightningDataModule):
 
     def write_samples(self, folder: Path, n: int = 12) -> int:
         """The first test signals as a CSV (id, label, samples) to try predict on."""
-        folder.mkdir(parents=True, exist_ok=True)
         idx = self.source.splits["test"][:n]
-        with open(folder / "test_signals.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "label", *(f"s{j}" for j in range(self.source.length))])
-            for i in idx:
-                writer.writerow([int(i), self.labels[self.source.targets[i]],
-                                 *(f"{v:.6g}" for v in self.source.signals[i])])
+        rows = [[int(i), self.labels[self.source.targets[i]], *(f"{v:.6g}" for v in self.source.signals[i])]
+                for i in idx]
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([["id", "label", *(f"s{j}" for j in range(self.source.length))], *rows])
+
+        atomic_write(folder / "test_signals.csv", write)
         return len(idx)
 
 

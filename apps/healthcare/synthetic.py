@@ -16,8 +16,11 @@ heartbeats in three imbalanced classes, z-normalised per beat like the UCR files
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
+
+from core.runtime.io import atomic_write
 
 NAME = "builtin:synthetic-xray"
 LABELS = ("normal", "pneumonia")
@@ -107,13 +110,19 @@ def _beat(rng: np.random.Generator, t: np.ndarray, kind: int) -> np.ndarray:
     return (beat - beat.mean()) / (beat.std() + 1e-8)
 
 
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="write the synthetic chest X-rays as a MedMNIST-style .npz")
     parser.add_argument("out")
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    np.savez_compressed(args.out, **synthetic_xray_arrays(args.size, args.seed))
+    arrays = synthetic_xray_arrays(args.size, args.seed)
+    atomic_write(args.out, lambda tmp: _savez(tmp, arrays))  # a file object: savez would append .npz to tmp
     print(args.out)
 
 
