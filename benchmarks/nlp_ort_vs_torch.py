@@ -36,9 +36,8 @@ def with_threads(model, threads: int):
 def main() -> None:
     from apps.nlp import APP
     from apps.nlp.runtime import tokenizer_of
-    from core.config import from_dict
     from core.runtime.session import load_model
-    from core.training import checkpoint_config, load_checkpoint
+    from core.training import checkpoint_app_config, load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -54,7 +53,7 @@ def main() -> None:
     ckpt = Path(args.ckpt) if args.ckpt else model_path.parent / "checkpoints" / "best.ckpt"
     fp32 = with_threads(load_model(model_path, "cpu", app="nlp"), args.threads)
     int8 = with_threads(load_model(int8_path, "cpu", app="nlp"), args.threads) if int8_path.is_file() else None
-    cfg = from_dict(APP.load_config_class(), checkpoint_config(ckpt))
+    cfg = checkpoint_app_config(APP, ckpt)
     task, _ = load_checkpoint(APP, ckpt, cfg, with_data=False)
     net = task.net.eval()
     real = tokenizer_of(fp32).encode("an honest review of a product that mostly works as described " * 20).ids

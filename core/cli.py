@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -148,7 +149,12 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
         saved = checkpoint_config(Path(_option(argv, "--ckpt")))
     parser = config_parser(app, command, with_ckpt, base_yaml=not saved)
     if saved:
-        parser.set_defaults(_flatten(saved))
+        try:
+            parser.set_defaults(_flatten(saved))
+        except KeyError as exc:  # jsonargparse's NSKeyError: 'No action for key "data.x" ...'
+            key = re.search(r'"([^"]+)"', str(exc))
+            raise ConfigError(f"--ckpt {_option(argv, '--ckpt')}: not a {app.name} checkpoint "
+                              f"(its config has {key.group(1) if key else exc})") from None
     argv = _bare_flags(argv, _bool_options(app.load_config_class()) | {"--fp16", "--int8"})
     try:
         namespace = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import typing
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -225,24 +226,61 @@ def onnx_metadata(app: AppSpec, built: Built, cfg, config: dict, metrics: dict) 
 
 def load_checkpoint(app: AppSpec, ckpt: Path, cfg, with_data: bool) -> tuple[ClassificationTask, Built]:
     """Rebuild the network from a checkpoint's saved config and load its weights."""
-    if not ckpt.is_file():
-        raise ConfigError(f"--ckpt {ckpt}: no such checkpoint")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt)
     hp = state.get("hyper_parameters", {})
     built = app.load_pipeline().build(
         cfg, pretrained=None, labels=hp.get("labels"), multilabel=hp.get("multilabel", False), with_data=with_data,
     )
     task = make_task(built, cfg, hp.get("run", {}).get("config", {}))
-    task.load_state_dict(state["state_dict"])
+    try:
+        task.load_state_dict(state["state_dict"])
+    except RuntimeError:  # missing/unexpected keys or shapes: torch's message is pages long
+        raise ConfigError(f"--ckpt {ckpt}: its weights do not fit a {app.name} model built from its config "
+                          "(a checkpoint of another app?)") from None
     return task.eval(), built
+
+
+def read_checkpoint(ckpt: Path) -> dict:
+    """A Lightning checkpoint's contents; a missing or unreadable file is a one-line error."""
+    if not ckpt.is_file():
+        raise ConfigError(f"--ckpt {ckpt}: no such checkpoint")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for files it cannot read
+        raise ConfigError(f"--ckpt {ckpt}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ConfigError(f"--ckpt {ckpt}: not a Lightning checkpoint (no state_dict)")
+    return state
 
 
 def checkpoint_config(ckpt: Path) -> dict:
     """The config dict a checkpoint was trained with."""
-    if not ckpt.is_file():
-        raise ConfigError(f"--ckpt {ckpt}: no such checkpoint")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return state.get("hyper_parameters", {}).get("run", {}).get("config", {})
+    return read_checkpoint(ckpt).get("hyper_parameters", {}).get("run", {}).get("config", {})
+
+
+def checkpoint_app_config(app: AppSpec, ckpt: Path, state: dict | None = None):
+    """The app's config dataclass as the checkpoint (or its already read `state`) was trained with
+    it; a checkpoint whose config has settings the app does not (another app's) is a one-line error."""
+    from dataclasses import fields, is_dataclass
+
+    from core.config import from_dict
+
+    def foreign(cls: type, values: dict, prefix: str = "") -> list[str]:
+        known = {f.name: f.type for f in fields(cls)}
+        hints = typing.get_type_hints(cls)
+        out = [prefix + k for k in values if k not in known]
+        for k, v in values.items():
+            if k in known and is_dataclass(hints[k]) and isinstance(v, dict):
+                out += foreign(hints[k], v, f"{prefix}{k}.")
+        return out
+
+    state = state if state is not None else read_checkpoint(ckpt)
+    saved, cls = state.get("hyper_parameters", {}).get("run", {}).get("config", {}), app.load_config_class()
+    unknown = foreign(cls, saved)
+    if not saved or unknown:
+        detail = f"its config has {unknown[0]}" if unknown else "no saved config"
+        raise ConfigError(f"--ckpt {ckpt}: not a {app.name} checkpoint ({detail})")
+    return from_dict(cls, saved)
 
 
 def eval_trainer(cfg: TrainerConfig) -> L.Trainer:

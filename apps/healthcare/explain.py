@@ -43,12 +43,11 @@ def main(app: AppSpec, argv: list[str]) -> int:
 
     from apps.healthcare.data import list_inputs
     from apps.healthcare.dicom import open_medical_image
-    from core.config import from_dict
     from core.runtime.images import to_model_input
-    from core.training import checkpoint_config, load_checkpoint
+    from core.training import checkpoint_app_config, load_checkpoint
 
     ckpt = Path(args.ckpt)
-    cfg = from_dict(app.load_config_class(), checkpoint_config(ckpt))
+    cfg = checkpoint_app_config(app, ckpt)
     if cfg.task != "image":
         raise ConfigError(f"--ckpt {ckpt}: an ECG signal model; Grad-CAM here explains image models only")
     task, built = load_checkpoint(app, ckpt, cfg, with_data=False)

@@ -94,10 +94,9 @@ def to_html(explanations: list[Explanation], method: str) -> str:
 
 def main(app, argv: list[str]) -> int:
     from core.cli import OneLineParser
-    from core.config import from_dict
     from core.errors import DataError
     from core.runtime.io import write_text
-    from core.training import checkpoint_config, load_checkpoint
+    from core.training import checkpoint_app_config, load_checkpoint
 
     parser = OneLineParser(prog="deepapps nlp explain", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an nlp run (.ckpt)")
@@ -109,7 +108,7 @@ def main(app, argv: list[str]) -> int:
     if any(not t.strip() for t in args.text):
         raise DataError("--text: empty text")
     ckpt = Path(args.ckpt)
-    cfg = from_dict(app.load_config_class(), checkpoint_config(ckpt))
+    cfg = checkpoint_app_config(app, ckpt)
     task, built = load_checkpoint(app, ckpt, cfg, with_data=False)
     explanations = explain_texts(task, built.preprocess, args.text, args.method, args.steps)
     colour = sys.stdout.isatty()

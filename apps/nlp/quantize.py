@@ -72,9 +72,9 @@ def quantize_and_measure(src: Path, out: Path, data_path: str | None = None, spl
 
     fp32 = load_model(src, provider="cpu", app="nlp")  # first: a missing file or another app's model stops here
     data_path = data_path or fp32.meta.get("train", {}).get("data_config", {}).get("path")
+    before = fp32_metrics or evaluate(fp32, data_path, split).metrics  # bad data or split: stop before writing
     quantize(src, out)
     int8 = load_model(out, provider="cpu", app="nlp")
-    before = fp32_metrics or evaluate(fp32, data_path, split).metrics
     after = evaluate(int8, data_path, split).metrics
     keys = [k for k in ("accuracy", "macro_f1", "auroc") if before.get(k) is not None]
     result = {

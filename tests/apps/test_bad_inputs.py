@@ -113,3 +113,18 @@ def test_bad_values_and_config_files(tmp_path):
     assert_one_line_error(run_cli("fit", "--config", str(bad_yaml)), "backbon")
     assert_one_line_error(run_cli("fit", "--config", str(tmp_path / "none.yaml")), "none.yaml")
     assert_one_line_error(run_cli("fit", "--trainer.max_epochs", "abc"), "trainer.max_epochs", "abc")
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "other_app"])
+def test_bad_checkpoint(kind, tmp_path):
+    import torch
+
+    ckpt = tmp_path / "best.ckpt"
+    if kind == "corrupt":
+        ckpt.write_text("not a checkpoint\n")
+    else:  # what a forecast run saves: settings the vision app does not have
+        torch.save({"state_dict": {}, "hyper_parameters": {"run": {"config": {"data": {"timestamp": "date"}}}}}, ckpt)
+    expected = "not a readable checkpoint" if kind == "corrupt" else "not a vision checkpoint (its config has data.timestamp)"
+    out = tmp_path / "model.onnx"
+    assert_one_line_error(run_cli("export", "--ckpt", str(ckpt), "--out", str(out)), str(ckpt), expected)
+    assert not out.exists()

@@ -42,25 +42,30 @@ class TabularDataModule(L.LightningDataModule):
         self.labels, self.multilabel = LABELS, False
         if cfg.gan_oversample < 0 or cfg.gan_steps < 1:
             raise ConfigError("--data.gan_oversample must be >= 0 and --data.gan_steps >= 1")
-        self.synthetic = self._oversample() if cfg.gan_oversample > 0 else None
+        # the GAN trains only when fit asks for the training data (not on export/validate/test from a
+        # checkpoint); its seed is drawn now, from the run's --seed (fit seeds torch before building data)
+        self.n_synthetic = int(round(cfg.gan_oversample * int(self.y["train"].sum())))
+        self._gan_seed = int(torch.randint(0, 2**31 - 1, ())) if self.n_synthetic else None
+        self._synthetic: Encoded | None = None
 
-    def _oversample(self) -> Encoded:
-        """GAN frauds for the training split (apps/finance/fraud/gan.py)."""
-        from apps.finance.fraud.gan import oversample
+    def synthetic(self) -> Encoded:
+        """The GAN frauds added to the training split (apps/finance/fraud/gan.py), made once."""
+        if self._synthetic is None:
+            from apps.finance.fraud.gan import oversample
 
-        frauds = np.flatnonzero(self.y["train"] == 1)
-        enc = self.encoded["train"]
-        real = Encoded(enc.numeric[frauds], enc.categorical[frauds], enc.errors[:0], {})
-        n_new = int(round(self.cfg.gan_oversample * len(frauds)))
-        seed = int(torch.randint(0, 2**31 - 1, ()))  # from the run's --seed (fit seeds torch before building data)
-        return oversample(real, self.spec, n_new, self.cfg.gan_steps, seed=seed)
+            frauds = np.flatnonzero(self.y["train"] == 1)
+            enc = self.encoded["train"]
+            real = Encoded(enc.numeric[frauds], enc.categorical[frauds], enc.errors.gather(frauds), {})
+            self._synthetic = oversample(real, self.spec, self.n_synthetic, self.cfg.gan_steps, seed=self._gan_seed)
+        return self._synthetic
 
     def _dataset(self, split: str) -> TensorDataset:
         tensors = [*self.inputs(split), torch.from_numpy(self.y[split])]
-        if split == "train" and self.synthetic is not None:
-            extra = [torch.from_numpy(self.synthetic.numeric)]
-            extra += [torch.from_numpy(self.synthetic.categorical)] if self.spec.categorical else []
-            extra.append(torch.ones(len(self.synthetic.numeric), dtype=torch.int64))
+        if split == "train" and self.n_synthetic:
+            synthetic = self.synthetic()
+            extra = [torch.from_numpy(synthetic.numeric)]
+            extra += [torch.from_numpy(synthetic.categorical)] if self.spec.categorical else []
+            extra.append(torch.ones(len(synthetic.numeric), dtype=torch.int64))
             tensors = [torch.cat([a, b]) for a, b in zip(tensors, extra)]
         return TensorDataset(*tensors)
 
@@ -94,8 +99,7 @@ class TabularDataModule(L.LightningDataModule):
     def class_weights(self, mode: str | None) -> list[float] | None:
         """None, `balanced` (n / (2 n_class)), `sqrt` (its square root), or `w0,w1`."""
         counts = np.bincount(self.y["train"], minlength=2)
-        if self.synthetic is not None:  # weights for the rows the network trains on
-            counts[1] += len(self.synthetic.numeric)
+        counts[1] += self.n_synthetic  # weights for the rows the network trains on
         return class_weights(mode, counts)
 
     def summary(self) -> dict:
@@ -108,8 +112,8 @@ class TabularDataModule(L.LightningDataModule):
             f"categorical ({len(c.categorical)}): {', '.join(c.categorical) or 'none'}",
             f"split: {self.cfg.split if c.time or self.cfg.split == 'random' else 'random (no time column)'}",
         ]
-        if self.synthetic is not None:
-            notes.append(f"GAN oversampling: {len(self.synthetic.numeric)} synthetic frauds added to train "
+        if self.n_synthetic:
+            notes.append(f"GAN oversampling: {self.n_synthetic} synthetic frauds added to train "
                          f"({self.cfg.gan_oversample:g} x its real frauds, WGAN-GP, {self.cfg.gan_steps} steps)")
         if self.cfg.path == "builtin:transactions":
             notes.append(f"synthetic transactions: {self.cfg.synth_rows} rows, fraud rate {self.cfg.synth_fraud_rate}, "

@@ -104,18 +104,17 @@ def parser() -> OneLineParser:
 def load_network(ckpt: Path, app: AppSpec) -> tuple[torch.nn.Module, FeatureSpec, float]:
     """(network in eval mode, feature spec, decision threshold) from a checkpoint, without its data."""
     from apps.finance.fraud.model import create_model
-    from core.config import from_dict
+    from core.training import checkpoint_app_config, read_checkpoint
 
-    if not ckpt.is_file():
-        raise ConfigError(f"--ckpt {ckpt}: no such checkpoint")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt)
+    cfg = checkpoint_app_config(app, ckpt, state)
     run = state.get("hyper_parameters", {}).get("run", {})
-    if "preprocess" not in run or "config" not in run:
-        raise ConfigError(f"--ckpt {ckpt}: not a deepapps fraud checkpoint")
-    cfg = from_dict(app.load_config_class(), run["config"])
-    spec = FeatureSpec.from_meta(run["preprocess"])
-    net = create_model(spec, cfg.model)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
+    try:
+        spec = FeatureSpec.from_meta(run["preprocess"])
+        net = create_model(spec, cfg.model)
+        net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
+    except (KeyError, TypeError, RuntimeError):  # another app's checkpoint: other settings, other weights
+        raise ConfigError(f"--ckpt {ckpt}: not a deepapps fraud checkpoint") from None
     metrics = ckpt.parent.parent / "metrics.json"
     threshold = json.loads(metrics.read_text()).get("post_fit", {}).get("threshold") if metrics.is_file() else None
     return net.eval(), spec, 0.5 if threshold is None else float(threshold)

@@ -73,8 +73,13 @@ class Generator(nn.Module):
 
 
 def train_gan(real: np.ndarray, spec: FeatureSpec, steps: int = 1000, batch: int = 128, seed: int = 0) -> Generator:
-    """WGAN-GP on the rows of `real` (N, D) (feature space)."""
-    torch.manual_seed(seed)
+    """WGAN-GP on the rows of `real` (N, D) (feature space); the caller's random state is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _train_gan(real, spec, steps, batch)
+
+
+def _train_gan(real: np.ndarray, spec: FeatureSpec, steps: int, batch: int) -> Generator:
     data = torch.from_numpy(real)
     gen = Generator(spec)
     critic = nn.Sequential(nn.Linear(data.shape[1], 128), nn.LeakyReLU(0.2), nn.Linear(128, 128), nn.LeakyReLU(0.2),

@@ -145,8 +145,9 @@ class TabularAutoencoder(nn.Module):
     def __init__(self, spec: FeatureSpec, hidden: list[int], dropout: float):
         super().__init__()
         self.features = RawFeatures(spec)
-        total = sum(spec.cardinalities) if spec.categorical else 0
-        self.register_buffer("onehot", torch.eye(total) if total else None)  # (K, K): code -> one-hot
+        self.n_codes = total = sum(spec.cardinalities) if spec.categorical else 0
+        # older checkpoints stored a (K, K) identity here; one_hot needs no table (K^2 floats in the graph)
+        self._register_load_state_dict_pre_hook(lambda state, prefix, *_: state.pop(prefix + "onehot", None))
         width = 2 * len(spec.numeric) + total
         widths = [width, *hidden]
         encoder, decoder = [], []
@@ -160,7 +161,7 @@ class TabularAutoencoder(nn.Module):
 
     def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
         x, missing, codes = self.features(numeric, categorical)
-        return x, missing, self.onehot[codes] if self.onehot is not None else None  # vectors (B, C, K)
+        return x, missing, F.one_hot(codes, self.n_codes).float() if self.n_codes else None  # vectors (B, C, K)
 
     def reconstruction_error(self, x: torch.Tensor, missing: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
         """(B,) mean squared error over the D reconstructed values."""
