@@ -258,6 +258,12 @@ def checkpoint_config(ckpt: Path) -> dict:
     return read_checkpoint(ckpt).get("hyper_parameters", {}).get("run", {}).get("config", {})
 
 
+def run_metrics(ckpt: Path) -> dict:
+    """metrics.json of the run a checkpoint belongs to (<run>/checkpoints/x.ckpt); {} without one."""
+    path = Path(ckpt).parent.parent / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def checkpoint_app_config(app: AppSpec, ckpt: Path, state: dict | None = None):
     """The app's config dataclass as the checkpoint (or its already read `state`) was trained with
     it; a checkpoint whose config has settings the app does not (another app's) is a one-line error."""
@@ -330,8 +336,7 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
     except DeepappsError as exc:  # data gone: export still works, on dummy inputs
         log.warning("data not available (%s); parity check on random inputs", str(exc).splitlines()[0])
         _, built = load_checkpoint(app, ckpt, cfg, with_data=False)
-    run_metrics = ckpt.parent.parent / "metrics.json"
-    metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
+    metrics = run_metrics(ckpt)
     scores = {k: _scalars(metrics[k]) for k in ("val", "test") if k in metrics}
     export_built(app, built, cfg, config, metrics.get("post_fit", {}), scores, out)
     if fp16:

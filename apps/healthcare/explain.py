@@ -9,7 +9,6 @@ stage is the backbone's last (timm's `feature_info[-1]`, e.g. `blocks.6` of Effi
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -97,9 +96,9 @@ def calibration_of(ckpt: Path, labels: list[str], multilabel: bool):
     explain labels an image as predict does; (1, argmax) for a checkpoint without a run."""
     from apps.healthcare.runtime import decide_label
     from core.tasks.classification import problem_type
+    from core.training import run_metrics
 
-    run_metrics = ckpt.parent.parent / "metrics.json"
-    post_fit = json.loads(run_metrics.read_text()).get("post_fit", {}) if run_metrics.is_file() else {}
+    post_fit = run_metrics(ckpt).get("post_fit", {})
     positive = post_fit.get("clinical", {}).get("threshold", {}).get("positive_index", 1)
     task = problem_type(len(labels), multilabel)
     return post_fit.get("temperature", 1.0), decide_label(labels, task, post_fit.get("threshold"), positive)

@@ -11,7 +11,6 @@ its log-odds minus the baseline's (completeness), up to the Riemann-sum error pr
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -104,7 +103,7 @@ def parser() -> OneLineParser:
 def load_network(ckpt: Path, app: AppSpec) -> tuple[torch.nn.Module, FeatureSpec, float]:
     """(network in eval mode, feature spec, decision threshold) from a checkpoint, without its data."""
     from apps.finance.fraud.model import create_model
-    from core.training import checkpoint_app_config, read_checkpoint
+    from core.training import checkpoint_app_config, read_checkpoint, run_metrics
 
     state = read_checkpoint(ckpt)
     cfg = checkpoint_app_config(app, ckpt, state)
@@ -115,8 +114,7 @@ def load_network(ckpt: Path, app: AppSpec) -> tuple[torch.nn.Module, FeatureSpec
         net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
     except (KeyError, TypeError, RuntimeError):  # another app's checkpoint: other settings, other weights
         raise ConfigError(f"--ckpt {ckpt}: not a deepapps fraud checkpoint") from None
-    metrics = ckpt.parent.parent / "metrics.json"
-    threshold = json.loads(metrics.read_text()).get("post_fit", {}).get("threshold") if metrics.is_file() else None
+    threshold = run_metrics(ckpt).get("post_fit", {}).get("threshold")
     return net.eval(), spec, 0.5 if threshold is None else float(threshold)
 
 
