@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.runtime.forecasting import forecast, split_windows
-from core.runtime.session import load_model
+from deepapps.core.runtime.forecasting import forecast, split_windows
+from deepapps.core.runtime.session import load_model
 
 
 def main() -> None:

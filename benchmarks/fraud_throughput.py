@@ -24,19 +24,19 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from apps.finance.fraud.config import TabularModelConfig
-from apps.finance.fraud.features import FeatureSpec, encode
-from apps.finance.fraud.model import create_model, served_module
-from apps.finance.fraud.synth import generate
-from apps.finance.tables import detect_columns
-from core.export import export_onnx
-from core.runtime.session import load_model
+from deepapps.apps.finance.fraud.config import TabularModelConfig
+from deepapps.apps.finance.fraud.features import FeatureSpec, encode
+from deepapps.apps.finance.fraud.model import create_model, served_module
+from deepapps.apps.finance.fraud.synth import generate
+from deepapps.apps.finance.tables import detect_columns
+from deepapps.core.export import export_onnx
+from deepapps.core.runtime.session import load_model
 from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
 
 CHILD = """import runpy, sys
 sys.argv = ['deepapps'] + sys.argv[1:]
 try:
-    runpy.run_module('apps.finance.fraud', run_name='__main__')
+    runpy.run_module('deepapps.apps.finance.fraud', run_name='__main__')
 finally:
     hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
     print('PEAK_KB', hwm, file=sys.stderr)
@@ -87,7 +87,7 @@ def predict_run(model: Path, data: Path, out: Path, chunk_size: int | None) -> t
 
 def stages(model_path: Path, data: Path, out: Path, chunk: int = 262_144) -> None:
     """Each step of predict alone on the same file, in this process."""
-    from apps.finance.fraud.runtime import BATCH_SESSION, score
+    from deepapps.apps.finance.fraud.runtime import BATCH_SESSION, score
 
     model = load_model(model_path, "cpu", app="fraud", session_config=BATCH_SESSION)
     spec = FeatureSpec.from_meta(model.meta["preprocess"])
@@ -154,7 +154,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from apps.finance.fraud.runtime import BATCH_SESSION
+    from deepapps.apps.finance.fraud.runtime import BATCH_SESSION
 
     for threads in (1, os.cpu_count() or 1):  # 1 thread: the per-core ratio, least disturbed by other load
         torch.set_num_threads(threads)

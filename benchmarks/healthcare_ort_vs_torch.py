@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vision_ort_vs_torch import median_seconds  # noqa: E402
 
-from apps.healthcare.config import HealthcareFitConfig  # noqa: E402
-from apps.healthcare.pipeline import build  # noqa: E402
-from core.export import export_onnx  # noqa: E402
+from deepapps.apps.healthcare.config import HealthcareFitConfig  # noqa: E402
+from deepapps.apps.healthcare.pipeline import build  # noqa: E402
+from deepapps.core.export import export_onnx  # noqa: E402
 
 
 def served_model(size: int, tta: bool, backbone: str):

@@ -34,10 +34,10 @@ def with_threads(model, threads: int):
 
 
 def main() -> None:
-    from apps.nlp import APP
-    from apps.nlp.runtime import tokenizer_of
-    from core.runtime.session import load_model
-    from core.training import checkpoint_app_config, load_checkpoint
+    from deepapps.apps.nlp import APP
+    from deepapps.apps.nlp.runtime import tokenizer_of
+    from deepapps.core.runtime.session import load_model
+    from deepapps.core.training import checkpoint_app_config, load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)

@@ -32,8 +32,8 @@ def main() -> None:
 
     from nlp_ort_vs_torch import with_threads
 
-    from apps.nlp.runtime import tokenizer_of
-    from core.runtime.session import load_model
+    from deepapps.apps.nlp.runtime import tokenizer_of
+    from deepapps.core.runtime.session import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="deepapps nlp model.onnx")

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.runtime.session import load_model
-from core.serving.load import run_load
+from deepapps.core.runtime.session import load_model
+from deepapps.core.serving.load import run_load
 
 
 def start(model: str, port: int, max_batch: int, max_wait_ms: float) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "serve", "--model", model, "--port", str(port), "--provider", "cpu",
+        [sys.executable, "-m", "deepapps.core.cli", "serve", "--model", model, "--port", str(port), "--provider", "cpu",
          "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

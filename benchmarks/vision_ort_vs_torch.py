@@ -21,18 +21,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.export import export_onnx
-from core.models.backbones import create_timm_model, data_config
-from core.models.heads import WithProbabilities
-from core.models.image_classifier import ImageClassifier
-from core.runtime.session import load_model
+from deepapps.core.export import export_onnx
+from deepapps.core.models.backbones import create_timm_model, data_config
+from deepapps.core.models.heads import WithProbabilities
+from deepapps.core.models.image_classifier import ImageClassifier
+from deepapps.core.runtime.session import load_model
 from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
 
 
 
 def cold_start(model: Path, image: Path, runs: int = 3) -> float:
     """Median wall time of `deepapps vision predict` on one image, process start to exit."""
-    cmd = [sys.executable, "-m", "apps.vision", "predict", "--model", str(model), str(image)]
+    cmd = [sys.executable, "-m", "deepapps.apps.vision", "predict", "--model", str(model), str(image)]
     times = []
     for _ in range(runs):
         start = time.perf_counter()

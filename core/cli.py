@@ -14,12 +14,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from core.errors import ConfigError, DeepappsError
-from core.registry import AppSpec, discover_apps, get_app
+from deepapps.core.errors import ConfigError, DeepappsError
+from deepapps.core.registry import AppSpec, discover_apps, get_app
 
 TOOLS = {
-    "serve": ("core.serving.server:main", "serve any deepapps ONNX model over HTTP (micro-batching, metrics)"),
-    "import": ("core.importer:main", "wrap a classifier exported by another framework into a deepapps model"),
+    "serve": ("deepapps.core.serving.server:main", "serve any deepapps ONNX model over HTTP (micro-batching, metrics)"),
+    "import": ("deepapps.core.importer:main", "wrap a classifier exported by another framework into a deepapps model"),
 }
 
 COMMANDS = {
@@ -78,9 +78,9 @@ def _dispatch(argv: list[str]) -> int:
             print(f"  {name:<12} {text}")
         return 0
     if argv[0] in ("-V", "--version"):
-        import core
+        from deepapps.core import __version__
 
-        print(f"deepapps {core.__version__}")
+        print(f"deepapps {__version__}")
         return 0
     if argv[0] in TOOLS:
         module, _, function = TOOLS[argv[0]][0].partition(":")
@@ -91,7 +91,7 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def run_app(app: AppSpec, argv: list[str]) -> int:
-    """Run `command` of `app` (also the body of `python -m apps.<app>`)."""
+    """Run `command` of `app` (also the body of `python -m deepapps.apps.<app>`)."""
     extra = {c.name: c for c in app.commands}
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: deepapps {app.name} <command> [options]\n\n{app.help}\n\ncommands:")
@@ -140,11 +140,11 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
     """(namespace, config dataclass, config dict) from the command line."""
     from argparse import ArgumentError
 
-    from core.config import from_dict
+    from deepapps.core.config import from_dict
 
     saved = {}
     if with_ckpt and _option(argv, "--ckpt"):  # the checkpoint's config is the base
-        from core.training import checkpoint_config
+        from deepapps.core.training import checkpoint_config
 
         saved = checkpoint_config(Path(_option(argv, "--ckpt")))
     parser = config_parser(app, command, with_ckpt, base_yaml=not saved)
@@ -169,7 +169,7 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
 
 def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
     parser, namespace, cfg, values = parse_config(app, command, argv)
-    from core.training import fit
+    from deepapps.core.training import fit
 
     yaml = parser.dump(namespace, skip_none=False)
     run_dir = fit(app, cfg, values, _strip_config_keys(yaml))
@@ -179,7 +179,7 @@ def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
 
 def _stage(app: AppSpec, command: str, argv: list[str]) -> int:
     _, namespace, cfg, _ = parse_config(app, command, argv, with_ckpt=True)
-    from core.training import run_stage
+    from deepapps.core.training import run_stage
 
     print(json.dumps(run_stage(app, Path(namespace.ckpt), cfg, command), indent=2))
     return 0
@@ -187,7 +187,7 @@ def _stage(app: AppSpec, command: str, argv: list[str]) -> int:
 
 def _export(app: AppSpec, command: str, argv: list[str]) -> int:
     _, namespace, cfg, values = parse_config(app, command, argv, with_ckpt=True)
-    from core.training import export_checkpoint
+    from deepapps.core.training import export_checkpoint
 
     out = Path(namespace.out) if namespace.out else Path(namespace.ckpt).with_suffix(".onnx")
     print(export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16, namespace.int8))
@@ -206,8 +206,8 @@ def _serving_parser(app: AppSpec, command: str) -> OneLineParser:
 
 
 def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
-    from core.runtime.io import write_json
-    from core.runtime.session import load_model, say_provider
+    from deepapps.core.runtime.io import write_json
+    from deepapps.core.runtime.session import load_model, say_provider
 
     parser = _serving_parser(app, command)
     parser.add_argument("--data.path", "--data", dest="data_path", help="data to evaluate on (default: the training data)")
@@ -228,8 +228,8 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
 
 
 def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
-    from core.runtime.io import write_table
-    from core.runtime.session import load_model, say_provider
+    from deepapps.core.runtime.io import write_table
+    from deepapps.core.runtime.session import load_model, say_provider
 
     runtime = app.load_runtime()
     parser = _serving_parser(app, command)
@@ -263,7 +263,7 @@ def _predict_spark(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("pyspark") is None:
         raise ConfigError("--engine spark needs pyspark: pip install 'deepapps[spark]'")
-    from core.spark import score_parquet
+    from deepapps.core.spark import score_parquet
 
     rows = score_parquet(str(inputs[0]), args.out, args.model, args.spark_column, args.spark_master)
     print(f"wrote {rows} rows to {args.out}", file=sys.stderr)

@@ -19,10 +19,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-import core
-from core.errors import ExportParityError
-from core.runtime.io import atomic_write
-from core.runtime.session import METADATA_KEY
+from deepapps.core import __version__
+from deepapps.core.errors import ExportParityError
+from deepapps.core.runtime.io import atomic_write
+from deepapps.core.runtime.session import METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def export_onnx(
             f"{out}: ONNX Runtime differs from torch by {diff:.2e} (> {tolerance:.0e}); not written"
         )
     metadata = metadata | {
-        "version": core.__version__,
+        "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "export": {"opset": OPSET, "torch": torch.__version__, "parity_max_abs_diff": diff,
                    "parity_batch": int(len(example_inputs[0]))},
@@ -100,7 +100,7 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict) -> None:
             del proto.metadata_props[i]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata, default=_jsonable)
-    proto.producer_name, proto.producer_version = "deepapps", core.__version__
+    proto.producer_name, proto.producer_version = "deepapps", __version__
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import OptimConfig, TrainerConfig
+from deepapps.core.config import OptimConfig, TrainerConfig
 
 
 @dataclass

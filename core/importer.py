@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper
 
-import core
-from core.errors import ConfigError, ModelFileError
-from core.runtime.io import atomic_write
+from deepapps.core import __version__
+from deepapps.core.errors import ConfigError, ModelFileError
+from deepapps.core.runtime.io import atomic_write
 
 PIXELS, PROBABILITIES = "pixels", "probabilities"
 
@@ -70,10 +70,10 @@ def import_classifier(
                        "in_graph": f"divide by {scale:g}, normalise with mean/std, NHWC->{layout}"},
         "threshold": None, "metrics": {},
         "train": {"imported_from": str(foreign), "foreign_outputs": outputs},
-        "version": core.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "export": {"opset": opset, "imported": True},
     }
-    from core.export import set_metadata
+    from deepapps.core.export import set_metadata
 
     set_metadata(merged, meta)
     atomic_write(out, lambda tmp: onnx.save(merged, str(tmp)))
@@ -133,7 +133,7 @@ def _check_outputs(model: onnx.ModelProto, size: int, n_labels: int, foreign: Pa
 
 def main(argv: list[str]) -> int:
     """`deepapps import --app vision --onnx FOREIGN.onnx --labels a,b,c [options]`."""
-    from core.cli import OneLineParser
+    from deepapps.core.cli import OneLineParser
 
     parser = OneLineParser(prog="deepapps import", allow_abbrev=False,
                            description="wrap a classifier exported by another framework into a deepapps model")

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 PROBLEMS = ("binary", "multiclass", "multilabel")
 

@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     deepapps vision predict --engine spark --model model.onnx --out scored.parquet images.parquet
     # or, from a PySpark job:
-    from core.spark import score_dataframe
+    from deepapps.core.spark import score_dataframe
     scored = score_dataframe(spark.read.parquet("s3a://bucket/images/"), "model.onnx", column="image")
 
 The input column holds what the app's HTTP adapter accepts per item (image bytes for vision);
@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 
-from core.errors import DeepappsError
+from deepapps.core.errors import DeepappsError
 
 OUTPUT_COLUMNS = ("prediction", "error")
 
@@ -81,8 +81,8 @@ def _score_items(model, runtime, values: list) -> tuple[list[str | None], list[s
 @lru_cache(maxsize=4)
 def _open(path: str):
     """One session per executor process and model file."""
-    from core.registry import get_app
-    from core.runtime.session import load_model
+    from deepapps.core.registry import get_app
+    from deepapps.core.runtime.session import load_model
 
     model = load_model(path, provider="auto")
     return model, get_app(model.app).load_runtime()

@@ -25,14 +25,14 @@ from pytorch_lightning.callbacks import (
 )
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from core.config import TrainerConfig
-from core.errors import ConfigError, DeepappsError
-from core.export import convert_fp16, export_onnx, read_metadata, set_metadata
-from core.pipelines import Built
-from core.registry import AppSpec
-from core.runtime.io import atomic_write, write_json, write_text
-from core.runtime.session import load_model
-from core.tasks.classification import ClassificationTask, problem_type
+from deepapps.core.config import TrainerConfig
+from deepapps.core.errors import ConfigError, DeepappsError
+from deepapps.core.export import convert_fp16, export_onnx, read_metadata, set_metadata
+from deepapps.core.pipelines import Built
+from deepapps.core.registry import AppSpec
+from deepapps.core.runtime.io import atomic_write, write_json, write_text
+from deepapps.core.runtime.session import load_model
+from deepapps.core.tasks.classification import ClassificationTask, problem_type
 
 log = logging.getLogger("deepapps")
 RUN_DIR_ENV = "DEEPAPPS_RUN_DIR"
@@ -182,7 +182,7 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     if hasattr(pipeline, "write_report"):
         pipeline.write_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)
     else:
-        from core.report.run_report import write_run_report  # matplotlib only when reporting
+        from deepapps.core.report.run_report import write_run_report  # matplotlib only when reporting
 
         write_run_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)
     log.info("test (ONNX Runtime): %s", _scalars(metrics["test"]))
@@ -269,7 +269,7 @@ def checkpoint_app_config(app: AppSpec, ckpt: Path, state: dict | None = None):
     it; a checkpoint whose config has settings the app does not (another app's) is a one-line error."""
     from dataclasses import fields, is_dataclass
 
-    from core.config import from_dict
+    from deepapps.core.config import from_dict
 
     def foreign(cls: type, values: dict, prefix: str = "") -> list[str]:
         known = {f.name: f.type for f in fields(cls)}

@@ -19,7 +19,7 @@ deepapps vision predict --model "$run_dir/model.onnx" --provider cuda --out "$ru
 deepapps vision predict --model "$run_dir/model.fp16.onnx" --provider cuda --out "$run_dir/pred_fp16.csv" "$run_dir/samples"
 python - "$run_dir" <<'PY'
 import sys, time, numpy as np
-from core.runtime.session import load_model
+from deepapps.core.runtime.session import load_model
 run_dir = sys.argv[1]
 for name in ("model.onnx", "model.fp16.onnx"):
     model = load_model(f"{run_dir}/{name}", provider="cuda")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from deepapps.core.cli import main
 from tests.helpers import COLOURS, TINY, make_image_folder
 
 

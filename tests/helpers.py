@@ -56,7 +56,7 @@ class Server:
     def __init__(self, model: Path, *options: str):
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve", "--model", str(model), "--port", str(self.port), *options],
+            [sys.executable, "-m", "deepapps.core.cli", "serve", "--model", str(model), "--port", str(self.port), *options],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 60

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from core.errors import ConfigError, DataError
+from deepapps.core.errors import ConfigError, DataError
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 LABEL_NAMES = ("is_fraud", "fraud", "class", "label", "target", "y")

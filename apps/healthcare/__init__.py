@@ -3,18 +3,18 @@ classification (UCR .txt, CSV/Parquet signals; `task: signal`) to a calibrated O
 
 from pathlib import Path
 
-from core.registry import AppCommand, AppSpec
+from deepapps.core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="healthcare",
     help="medical image (MedMNIST, PNG/JPEG, DICOM) and ECG signal classification: calibrated, thresholded ONNX models",
     task="image_classification",
-    config_class="apps.healthcare.config:HealthcareFitConfig",
+    config_class="deepapps.apps.healthcare.config:HealthcareFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="apps.healthcare.pipeline",
-    runtime="apps.healthcare.runtime",
+    pipeline="deepapps.apps.healthcare.pipeline",
+    runtime="deepapps.apps.healthcare.runtime",
     commands=(
         AppCommand("explain", "Grad-CAM heatmaps over input images from a checkpoint (torch)",
-                   "apps.healthcare.explain:main"),
+                   "deepapps.apps.healthcare.explain:main"),
     ),
 )

@@ -1,8 +1,8 @@
-"""`python -m apps.healthcare <command>` == `deepapps healthcare <command>`."""
+"""`python -m deepapps.apps.healthcare <command>` == `deepapps healthcare <command>`."""
 
 import sys
 
-from apps.healthcare import APP
-from core.cli import main
+from deepapps.apps.healthcare import APP
+from deepapps.core.cli import main
 
 sys.exit(main([APP.name, *sys.argv[1:]]))

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 _FLOOR = re.compile(r"^(sensitivity|specificity)\s*>=\s*([0-9.]+)$")
 

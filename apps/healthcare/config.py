@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import ImageDataConfig, ImageFitConfig
+from deepapps.core.config import ImageDataConfig, ImageFitConfig
 
 
 @dataclass

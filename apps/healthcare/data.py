@@ -15,12 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from apps.healthcare.dicom import DICOM_EXTENSIONS, open_medical_image
-from apps.healthcare.signals import known_positive_label as known_signal_positive
-from apps.healthcare.synthetic import NAME as SYNTHETIC, synthetic_xray_arrays
-from core.data.image_sources import SPLITS, ImageSource, SplitSettings, array_source, open_image_source
-from core.errors import DataError
-from core.runtime.images import IMAGE_EXTENSIONS
+from deepapps.apps.healthcare.dicom import DICOM_EXTENSIONS, open_medical_image
+from deepapps.apps.healthcare.signals import known_positive_label as known_signal_positive
+from deepapps.apps.healthcare.synthetic import NAME as SYNTHETIC, synthetic_xray_arrays
+from deepapps.core.data.image_sources import SPLITS, ImageSource, SplitSettings, array_source, open_image_source
+from deepapps.core.errors import DataError
+from deepapps.core.runtime.images import IMAGE_EXTENSIONS
 
 MEDICAL_EXTENSIONS = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
 

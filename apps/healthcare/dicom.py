@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.errors import DataError
-from core.runtime.images import open_image
+from deepapps.core.errors import DataError
+from deepapps.core.runtime.images import open_image
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 

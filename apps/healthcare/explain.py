@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.cli import OneLineParser
-from core.errors import ConfigError, DataError
-from core.registry import AppSpec
-from core.runtime.io import atomic_write
+from deepapps.core.cli import OneLineParser
+from deepapps.core.errors import ConfigError, DataError
+from deepapps.core.registry import AppSpec
+from deepapps.core.runtime.io import atomic_write
 
 
 def parser() -> OneLineParser:
@@ -40,10 +40,10 @@ def main(app: AppSpec, argv: list[str]) -> int:
     args = parser().parse_args(argv)
     import torch
 
-    from apps.healthcare.data import list_inputs
-    from apps.healthcare.dicom import open_medical_image
-    from core.runtime.images import to_model_input
-    from core.training import checkpoint_app_config, load_checkpoint
+    from deepapps.apps.healthcare.data import list_inputs
+    from deepapps.apps.healthcare.dicom import open_medical_image
+    from deepapps.core.runtime.images import to_model_input
+    from deepapps.core.training import checkpoint_app_config, load_checkpoint
 
     ckpt = Path(args.ckpt)
     cfg = checkpoint_app_config(app, ckpt)
@@ -94,9 +94,9 @@ def main(app: AppSpec, argv: list[str]) -> int:
 def calibration_of(ckpt: Path, labels: list[str], multilabel: bool):
     """(temperature, probabilities -> label) as the run exported them (its metrics.json), so
     explain labels an image as predict does; (1, argmax) for a checkpoint without a run."""
-    from apps.healthcare.runtime import decide_label
-    from core.tasks.classification import problem_type
-    from core.training import run_metrics
+    from deepapps.apps.healthcare.runtime import decide_label
+    from deepapps.core.tasks.classification import problem_type
+    from deepapps.core.training import run_metrics
 
     post_fit = run_metrics(ckpt).get("post_fit", {})
     positive = post_fit.get("clinical", {}).get("threshold", {}).get("positive_index", 1)
@@ -157,7 +157,7 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float, size: int) -> Ima
 
 
 def _spec(built):
-    from core.runtime.images import ImageSpec
+    from deepapps.core.runtime.images import ImageSpec
 
     return ImageSpec.from_meta(built.preprocess)
 

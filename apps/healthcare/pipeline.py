@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from apps.healthcare.clinical import check_rule, choose_threshold, fit_temperature, nll, operating_point
-from apps.healthcare.config import HealthcareFitConfig
-from apps.healthcare.data import MedicalDataSettings, known_positive_label, open_medical_source
-from core.data.images import ImageDataModule
-from core.errors import ConfigError
-from core.metrics import calibration_metrics
-from core.pipelines import Built, image_classification
-from core.tasks.classification import problem_type
+from deepapps.apps.healthcare.clinical import check_rule, choose_threshold, fit_temperature, nll, operating_point
+from deepapps.apps.healthcare.config import HealthcareFitConfig
+from deepapps.apps.healthcare.data import MedicalDataSettings, known_positive_label, open_medical_source
+from deepapps.core.data.images import ImageDataModule
+from deepapps.core.errors import ConfigError
+from deepapps.core.metrics import calibration_metrics
+from deepapps.core.pipelines import Built, image_classification
+from deepapps.core.tasks.classification import problem_type
 
 log = logging.getLogger("deepapps.healthcare")
 
@@ -90,7 +90,7 @@ def build(cfg: HealthcareFitConfig, pretrained: str | None, labels: list[str] | 
         raise ConfigError(f"--clinical.channels {clinical.channels}: choose 1 (grey) or 3 (RGB)")
     check_rule(clinical.threshold)
     if cfg.task == "signal":
-        from apps.healthcare import signal_pipeline
+        from deepapps.apps.healthcare import signal_pipeline
 
         built = signal_pipeline.build(cfg, pretrained, labels, multilabel, with_data, clinical.imbalance)
     else:
@@ -179,6 +179,6 @@ def post_fit(task, built: Built, cfg: HealthcareFitConfig) -> dict:
 
 def write_report(run_dir, app, built, cfg, config_yaml: str, metrics: dict, evaluation):
     """The healthcare model card and plots (matplotlib is imported only when a run reports)."""
-    from apps.healthcare.report import write_healthcare_report
+    from deepapps.apps.healthcare.report import write_healthcare_report
 
     return write_healthcare_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apps.healthcare.signals import ucr_set
-from core.report.model_card import _table
-from core.report.plots import confusion_matrix_plot, reliability_plot
-from core.report.run_report import write_run_report
+from deepapps.apps.healthcare.signals import ucr_set
+from deepapps.core.report.model_card import _table
+from deepapps.core.report.plots import confusion_matrix_plot, reliability_plot
+from deepapps.core.report.run_report import write_run_report
 
 INTENDED_USE = (
     "**Research use only. This is not a medical device** and has not been cleared or approved by any "

@@ -14,16 +14,16 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from apps.healthcare import signal_runtime
-from apps.healthcare.clinical import operating_point, per_class_specificity
-from apps.healthcare.data import MedicalDataSettings, list_inputs, open_medical_source
-from apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
-from core.errors import ConfigError, DataError
-from core.runtime import image_classification
-from core.runtime.evaluation import Evaluation
-from core.runtime.image_classification import score_images
-from core.runtime.images import ImageSpec, to_model_input
-from core.runtime.session import OnnxModel
+from deepapps.apps.healthcare import signal_runtime
+from deepapps.apps.healthcare.clinical import operating_point, per_class_specificity
+from deepapps.apps.healthcare.data import MedicalDataSettings, list_inputs, open_medical_source
+from deepapps.apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
+from deepapps.core.errors import ConfigError, DataError
+from deepapps.core.runtime import image_classification
+from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.image_classification import score_images
+from deepapps.core.runtime.images import ImageSpec, to_model_input
+from deepapps.core.runtime.session import OnnxModel
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +140,7 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
         evaluation = image_classification.evaluate(
             model, data_path, split, batch_size, open_source=lambda path: open_medical_source(path, settings),
         )
-    from core.metrics import calibration_metrics  # scikit-learn: evaluate only, never predict
+    from deepapps.core.metrics import calibration_metrics  # scikit-learn: evaluate only, never predict
 
     metrics, targets, probs, task = evaluation.metrics, evaluation.targets, evaluation.probs, evaluation.problem
     calibration = calibration_metrics(task, targets, probs)

@@ -17,15 +17,15 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from apps.healthcare.signal_models import (
+from deepapps.apps.healthcare.signal_models import (
     SIGNAL_NETS, FCN, DftSpectrogram, ResNet1d, SignalClassifier, SignalFrontEnd, SpectrogramEncoder, fir_kernel,
 )
-from apps.healthcare.signals import SignalSettings, SignalSource, open_signal_source
-from core.data.class_weights import class_weights
-from core.data.image_sources import check_splits
-from core.errors import ConfigError
-from core.pipelines import Built
-from core.runtime.io import atomic_write
+from deepapps.apps.healthcare.signals import SignalSettings, SignalSource, open_signal_source
+from deepapps.core.data.class_weights import class_weights
+from deepapps.core.data.image_sources import check_splits
+from deepapps.core.errors import ConfigError
+from deepapps.core.pipelines import Built
+from deepapps.core.runtime.io import atomic_write
 
 INPUT_NAME = "signal"
 
@@ -181,7 +181,7 @@ def signal_backbone(cfg, pretrained: str | None) -> tuple[torch.nn.Module, str]:
         return ResNet1d(s.width), f"random init (resnet1d, width {s.width})"
     if name == "fcn":
         return FCN(s.width), f"random init (fcn, width {s.width})"
-    from core.models.backbones import create_timm_model
+    from deepapps.core.models.backbones import create_timm_model
 
     image_backbone, weights = create_timm_model(name, 0, pretrained, cfg.model.drop_rate)
     spectrogram = DftSpectrogram(s.n_fft, s.hop_length, s.sample_rate, s.n_mels)

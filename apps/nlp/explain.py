@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from apps.nlp.tokens import encode, load_tokenizer
+from deepapps.apps.nlp.tokens import encode, load_tokenizer
 
 
 @dataclass
@@ -93,10 +93,10 @@ def to_html(explanations: list[Explanation], method: str) -> str:
 
 
 def main(app, argv: list[str]) -> int:
-    from core.cli import OneLineParser
-    from core.errors import DataError
-    from core.runtime.io import write_text
-    from core.training import checkpoint_app_config, load_checkpoint
+    from deepapps.core.cli import OneLineParser
+    from deepapps.core.errors import DataError
+    from deepapps.core.runtime.io import write_text
+    from deepapps.core.training import checkpoint_app_config, load_checkpoint
 
     parser = OneLineParser(prog="deepapps nlp explain", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an nlp run (.ckpt)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 
 def resolve_pretrained(name: str) -> str:
@@ -28,7 +28,7 @@ def load_encoder(name: str, weights: bool = True):
     """(encoder, tokenizer, where): pretrained weights, or the architecture only (checkpoints)."""
     from transformers import AutoConfig, AutoModel
 
-    from core.models.text_encoders import create_text_encoder
+    from deepapps.core.models.text_encoders import create_text_encoder
 
     path = resolve_pretrained(name)
     if weights:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from apps.nlp.config import NlpFitConfig
-from apps.nlp.data import TextDataModule
-from apps.nlp.model import TextClassifier, load_encoder
-from apps.nlp.task import TextClassificationTask
-from core.pipelines import Built
+from deepapps.apps.nlp.config import NlpFitConfig
+from deepapps.apps.nlp.data import TextDataModule
+from deepapps.apps.nlp.model import TextClassifier, load_encoder
+from deepapps.apps.nlp.task import TextClassificationTask
+from deepapps.core.pipelines import Built
 
 log = logging.getLogger("deepapps.nlp")
 INPUTS = ("input_ids", "attention_mask")
@@ -70,7 +70,7 @@ def _served(net: TextClassifier, temperature: float) -> torch.nn.Module:
     slower in ONNX Runtime at 32 x 128 tokens than the eager-attention graph, which is also what
     Optimum exports (benchmarks/nlp_vs_optimum.py). The maths are the same; parity is checked.
     """
-    from core.models.heads import WithProbabilities
+    from deepapps.core.models.heads import WithProbabilities
 
     if hasattr(net.backbone, "set_attn_implementation"):
         net.backbone.set_attn_implementation("eager")
@@ -79,7 +79,7 @@ def _served(net: TextClassifier, temperature: float) -> torch.nn.Module:
 
 def export_int8(onnx_path: Path, cfg: NlpFitConfig) -> Path:
     """`deepapps nlp export --int8`: dynamic int8 copy, accuracy change measured on the test carve."""
-    from apps.nlp.quantize import quantize_into_run
+    from deepapps.apps.nlp.quantize import quantize_into_run
 
     quantize_into_run(onnx_path, data_path=cfg.data.path)
     return onnx_path.with_suffix(".int8.onnx")
@@ -88,9 +88,9 @@ def export_int8(onnx_path: Path, cfg: NlpFitConfig) -> Path:
 def write_report(run_dir: Path, app, built: Built, cfg: NlpFitConfig, config_yaml: str, metrics: dict,
                  evaluation) -> Path:
     """int8 copy (accuracy change measured on the same test split) + the shared run report."""
-    from apps.nlp.quantize import quantize_and_measure
-    from core.report.run_report import write_run_report
-    from core.runtime.io import write_json
+    from deepapps.apps.nlp.quantize import quantize_and_measure
+    from deepapps.core.report.run_report import write_run_report
+    from deepapps.core.runtime.io import write_json
 
     sections = []
     if cfg.export_int8:

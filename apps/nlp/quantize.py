@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from core.runtime.io import atomic_write, write_json
+from deepapps.core.runtime.io import atomic_write, write_json
 
 log = logging.getLogger("deepapps.nlp")
 
@@ -24,7 +24,7 @@ def quantize(src: Path, out: Path) -> Path:
     """int8 weights for MatMul/Gemm (activations quantized on the fly); metadata kept."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from core.runtime.session import METADATA_KEY
+    from deepapps.core.runtime.session import METADATA_KEY
 
     src, out = Path(src), Path(out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,7 +47,7 @@ def quantize(src: Path, out: Path) -> Path:
 
 def _latency_ms(model, n: int = 20) -> float:
     """Median ms of one batch-1 call on 64 tokens (a rough CPU figure, same input for both)."""
-    from apps.nlp.runtime import tokenizer_of
+    from deepapps.apps.nlp.runtime import tokenizer_of
 
     real = tokenizer_of(model).encode("an honest review of a product that works " * 16).ids
     ids = np.resize(np.asarray(real, dtype=np.int64), (1, 64))  # (1, 64)
@@ -67,8 +67,8 @@ def quantize_and_measure(src: Path, out: Path, data_path: str | None = None, spl
 
     `data_path` defaults to the training data recorded in the model (so `split` is the same carve).
     """
-    from apps.nlp.runtime import evaluate
-    from core.runtime.session import load_model
+    from deepapps.apps.nlp.runtime import evaluate
+    from deepapps.core.runtime.session import load_model
 
     fp32 = load_model(src, provider="cpu", app="nlp")  # first: a missing file or another app's model stops here
     data_path = data_path or fp32.meta.get("train", {}).get("data_config", {}).get("path")
@@ -120,7 +120,7 @@ def quantize_into_run(model_path: Path, out: Path | None = None, data_path: str 
 
 def main(app, argv: list[str]) -> int:
     """`deepapps nlp quantize`: write the int8 copy, print the accuracy change as JSON."""
-    from core.cli import OneLineParser
+    from deepapps.core.cli import OneLineParser
 
     parser = OneLineParser(prog="deepapps nlp quantize", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="fp32 nlp .onnx file")

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from apps.nlp.table import read_frame, read_labelled, stratified_split
-from apps.nlp.tokens import encode, load_tokenizer, pad
-from core.errors import DataError, DeepappsError
-from core.runtime.image_classification import Evaluation, prediction
-from core.runtime.session import OnnxModel
+from deepapps.apps.nlp.table import read_frame, read_labelled, stratified_split
+from deepapps.apps.nlp.tokens import encode, load_tokenizer, pad
+from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.runtime.image_classification import Evaluation, prediction
+from deepapps.core.runtime.session import OnnxModel
 
 log = logging.getLogger("deepapps.nlp")
 
@@ -107,7 +107,7 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
 
 def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
     """Metrics of the ONNX model on `split` of the data, carved exactly as in fit."""
-    from core.metrics import classification_metrics
+    from deepapps.core.metrics import classification_metrics
 
     cfg = model.meta.get("train", {}).get("data_config", {})
     table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from core.errors import DataError
+from deepapps.core.errors import DataError
 
 log = logging.getLogger("deepapps.nlp")
 BUILTIN = "builtin:reviews"

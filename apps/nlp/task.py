@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from apps.nlp.model import layer_depth
-from core.tasks.classification import ClassificationTask
+from deepapps.apps.nlp.model import layer_depth
+from deepapps.core.tasks.classification import ClassificationTask
 
 
 class TextClassificationTask(ClassificationTask):

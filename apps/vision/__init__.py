@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from core.registry import AppSpec
+from deepapps.core.registry import AppSpec
 
 APP = AppSpec(
     name="vision",
     help="general image classification: fine-tune a timm backbone, export ONNX, predict images",
     task="image_classification",
-    config_class="core.config:ImageFitConfig",
+    config_class="deepapps.core.config:ImageFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="core.pipelines.image_classification",
-    runtime="core.runtime.image_classification",
+    pipeline="deepapps.core.pipelines.image_classification",
+    runtime="deepapps.core.runtime.image_classification",
 )

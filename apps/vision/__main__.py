@@ -1,8 +1,8 @@
-"""`python -m apps.vision <command>` == `deepapps vision <command>`."""
+"""`python -m deepapps.apps.vision <command>` == `deepapps vision <command>`."""
 
 import sys
 
-from apps.vision import APP
-from core.cli import main
+from deepapps.apps.vision import APP
+from deepapps.core.cli import main
 
 sys.exit(main([APP.name, *sys.argv[1:]]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 
 def class_weights(mode: str | None, train_counts: list[int] | np.ndarray) -> list[float] | None:

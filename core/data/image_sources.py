@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from core.errors import DataError
-from core.runtime.images import IMAGE_EXTENSIONS, open_image
+from deepapps.core.errors import DataError
+from deepapps.core.runtime.images import IMAGE_EXTENSIONS, open_image
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

@@ -12,10 +12,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from core.config import ImageDataConfig
-from core.data.class_weights import class_weights
-from core.data.image_sources import ImageSource, SplitSettings, open_image_source
-from core.runtime.images import ImageSpec, to_model_input
+from deepapps.core.config import ImageDataConfig
+from deepapps.core.data.class_weights import class_weights
+from deepapps.core.data.image_sources import ImageSource, SplitSettings, open_image_source
+from deepapps.core.runtime.images import ImageSpec, to_model_input
 
 _INTERPOLATION = {
     "bicubic": v2.InterpolationMode.BICUBIC,

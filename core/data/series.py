@@ -7,9 +7,9 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.errors import DataError
-from core.forecast_config import SeriesDataConfig
-from core.runtime.series import (
+from deepapps.core.errors import DataError
+from deepapps.core.forecast_config import SeriesDataConfig
+from deepapps.core.runtime.series import (
     SeriesTable, calendar_features, load_table, season_length, split_ranges, training_statistics, window_starts,
 )
 

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.errors import ConfigError
-from core.forecast_config import ForecastModelConfig
+from deepapps.core.errors import ConfigError
+from deepapps.core.forecast_config import ForecastModelConfig
 
 
 class RevIN(nn.Module):

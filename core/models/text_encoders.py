@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import ConfigError
+from deepapps.core.errors import ConfigError
 
 
 def create_text_encoder(name_or_path: str, num_labels: int | None = None):

@@ -58,7 +58,7 @@ class Built:
         """The network as served: by default logits / temperature -> softmax or sigmoid."""
         if self.export_wrapper is not None:
             return self.export_wrapper(self.net, temperature)
-        from core.models.heads import WithProbabilities
+        from deepapps.core.models.heads import WithProbabilities
 
         return WithProbabilities(self.net, self.multilabel, temperature)
 

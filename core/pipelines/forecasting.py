@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.data.series import SeriesDataModule
-from core.errors import ConfigError
-from core.forecast_config import ForecastFitConfig
-from core.models.forecasters import ServedForecaster, create_forecaster
-from core.pipelines import Built
-from core.tasks.forecasting import ForecastTask, apply_interval_scale, fit_interval_scale
+from deepapps.core.data.series import SeriesDataModule
+from deepapps.core.errors import ConfigError
+from deepapps.core.forecast_config import ForecastFitConfig
+from deepapps.core.models.forecasters import ServedForecaster, create_forecaster
+from deepapps.core.pipelines import Built
+from deepapps.core.tasks.forecasting import ForecastTask, apply_interval_scale, fit_interval_scale
 
 INPUT_NAME = "history"
 CALENDAR_INPUT = "calendar"
@@ -151,6 +151,6 @@ def _coverage(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def write_report(run_dir, app, built: Built, cfg: ForecastFitConfig, config_yaml: str, metrics: dict, evaluation) -> None:
-    from core.report.forecast_report import write_forecast_report  # matplotlib only when reporting
+    from deepapps.core.report.forecast_report import write_forecast_report  # matplotlib only when reporting
 
     write_forecast_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)

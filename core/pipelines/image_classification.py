@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import torch
 
-from core.config import ImageFitConfig
-from core.data.images import ImageDataModule
-from core.models.backbones import create_timm_model, data_config
-from core.models.image_classifier import ImageClassifier
-from core.pipelines import Built
-from core.runtime.images import ImageSpec
+from deepapps.core.config import ImageFitConfig
+from deepapps.core.data.images import ImageDataModule
+from deepapps.core.models.backbones import create_timm_model, data_config
+from deepapps.core.models.image_classifier import ImageClassifier
+from deepapps.core.pipelines import Built
+from deepapps.core.runtime.images import ImageSpec
 
 INPUT_NAME = "pixels"
 

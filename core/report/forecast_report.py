@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.report.model_card import _config_section, _export_section, _table
-from core.report.plots import _epoch_series, _plot_series, _save, plt
-from core.runtime.io import write_text
+from deepapps.core.report.model_card import _config_section, _export_section, _table
+from deepapps.core.report.plots import _epoch_series, _plot_series, _save, plt
+from deepapps.core.runtime.io import write_text
 
 
 def fan_chart(evaluation, out: Path, channel: int = -1) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.runtime.io import write_text
+from deepapps.core.runtime.io import write_text
 
 SPLIT_ORDER = ("train", "val", "test", "test_torch")
 SPLIT_NAMES = {"val": "validation", "test": "test", "test_torch": "test (PyTorch)", "train": "train"}

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from core.runtime.io import atomic_write  # noqa: E402
+from deepapps.core.runtime.io import atomic_write  # noqa: E402
 
 LOSS_COLUMNS = {"train/loss_epoch": "train", "val/loss": "val"}
 VAL_METRIC_COLUMNS = ("val/accuracy", "val/macro_f1", "val/auroc")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.pipelines import Built
-from core.registry import AppSpec
-from core.report.model_card import write_model_card
-from core.report.plots import confusion_matrix_plot, roc_plot, training_curves
+from deepapps.core.pipelines import Built
+from deepapps.core.registry import AppSpec
+from deepapps.core.report.model_card import write_model_card
+from deepapps.core.report.plots import confusion_matrix_plot, roc_plot, training_curves
 
 
 def write_run_report(

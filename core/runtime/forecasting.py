@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from core.errors import DataError, DeepappsError
-from core.runtime import baselines
-from core.runtime.series import (
+from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.runtime import baselines
+from deepapps.core.runtime.series import (
     SeriesTable, calendar_features, future_timestamps, load_table, prepare_frame, read_frame, season_length,
     shifted_timestamps, split_ranges, training_statistics, window_starts, windows,
 )
-from core.runtime.session import OnnxModel
+from deepapps.core.runtime.session import OnnxModel
 
 BASELINES = ("last_value", "seasonal_naive", "ets")
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from core.errors import DataError, DeepappsError
-from core.runtime.evaluation import Evaluation
-from core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
-from core.runtime.session import OnnxModel
+from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
+from deepapps.core.runtime.session import OnnxModel
 
 if TYPE_CHECKING:
-    from core.data.image_sources import ImageSource
+    from deepapps.core.data.image_sources import ImageSource
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,8 +127,8 @@ def evaluate(
         open_source: data path -> ImageSource, for an app that reads its data its own way;
             default: `open_image_source` with the split settings stored in the model.
     """
-    from core.data.image_sources import SplitSettings, open_image_source
-    from core.metrics import classification_metrics
+    from deepapps.core.data.image_sources import SplitSettings, open_image_source
+    from deepapps.core.metrics import classification_metrics
 
     if open_source is None:
         data_cfg = model.meta.get("train", {}).get("data_config", {})

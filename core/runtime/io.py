@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from core.errors import DataError
+from deepapps.core.errors import DataError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from core.errors import ConfigError, DataError
+from deepapps.core.errors import ConfigError, DataError
 
 FILL_METHODS = ("linear", "ffill", "zero", "none")
 # known-future calendar features (calendar_features)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.errors import DeepappsError, ModelFileError
+from deepapps.core.errors import DeepappsError, ModelFileError
 
 METADATA_KEY = "deepapps"
 CUDA = "CUDAExecutionProvider"

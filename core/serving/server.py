@@ -20,10 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from core.errors import DataError, DeepappsError
-from core.registry import get_app
-from core.runtime.session import OnnxModel, load_model
-from core.serving.batcher import MicroBatcher
+from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.registry import get_app
+from deepapps.core.runtime.session import OnnxModel, load_model
+from deepapps.core.serving.batcher import MicroBatcher
 
 
 class MalformedRequest(DataError):
@@ -177,7 +177,7 @@ def main(argv: list[str]) -> int:
     """`deepapps serve --model FILE.onnx [options]`."""
     import uvicorn
 
-    from core.cli import OneLineParser
+    from deepapps.core.cli import OneLineParser
 
     parser = OneLineParser(prog="deepapps serve", description="serve a deepapps ONNX model over HTTP",
                            allow_abbrev=False)

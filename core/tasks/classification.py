@@ -10,7 +10,7 @@ import torchmetrics as tm
 from torch import nn
 from torch.nn import functional as F
 
-from core.config import OptimConfig
+from deepapps.core.config import OptimConfig
 
 
 def problem_type(num_labels: int, multilabel: bool) -> str:

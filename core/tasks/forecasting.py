@@ -7,8 +7,8 @@ import pytorch_lightning as L
 import torch
 from torch import nn
 
-from core.config import OptimConfig
-from core.tasks.classification import _Schedule
+from deepapps.core.config import OptimConfig
+from deepapps.core.tasks.classification import _Schedule
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.healthcare.synthetic import synthetic_xray_arrays
+from deepapps.apps.healthcare.synthetic import synthetic_xray_arrays
 
 SMALL = {"train": 160, "val": 48, "test": 48}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`python -m apps.healthcare ARGS` in a fresh process (exit code and stderr as users see them)."""
-    return subprocess.run([sys.executable, "-m", "apps.healthcare", *args], capture_output=True, text=True)
+    """`python -m deepapps.apps.healthcare ARGS` in a fresh process (exit code and stderr as users see them)."""
+    return subprocess.run([sys.executable, "-m", "deepapps.apps.healthcare", *args], capture_output=True, text=True)
 
 
 def write_npz(path: Path, size: int = 28, sizes: dict | None = None, drop: tuple[str, ...] = (), **replace) -> Path:

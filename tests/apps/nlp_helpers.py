@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apps.nlp.table import builtin_reviews
+from deepapps.apps.nlp.table import builtin_reviews
 
 EXTRA = ["this movie was great fun", "a dull and boring film", "the battery died fast", "fast shipping and nice"]
 

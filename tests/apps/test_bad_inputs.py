@@ -8,12 +8,12 @@ import sys
 import onnx
 import pytest
 
-from core.export import read_metadata, set_metadata
+from deepapps.core.export import read_metadata, set_metadata
 from tests.helpers import TINY, assert_one_line_error, make_image_folder
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "apps.vision", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "deepapps.apps.vision", *args], capture_output=True, text=True)
 
 
 def fit(data, *extra) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_predict_bad_input_paths(target, tiny_run, tmp_path):
 
 
 def test_interrupted_write_leaves_no_partial_file(tmp_path):
-    from core.runtime.io import atomic_write
+    from deepapps.core.runtime.io import atomic_write
 
     target = tmp_path / "out.csv"
 
@@ -102,7 +102,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path):
 
 
 def test_unknown_app_and_command():
-    unknown_app = subprocess.run([sys.executable, "-m", "core.cli", "nope", "fit"], capture_output=True, text=True)
+    unknown_app = subprocess.run([sys.executable, "-m", "deepapps.core.cli", "nope", "fit"], capture_output=True, text=True)
     assert_one_line_error(unknown_app, "unknown app 'nope'", "vision")
     assert_one_line_error(run_cli("train"), "unknown command 'train'")
 

@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from core.cli import main
-from core.runtime.session import load_model
+from deepapps.core.cli import main
+from deepapps.core.runtime.session import load_model
 
 FORECAST_TINY = Path(__file__).resolve().parents[2] / "apps" / "finance" / "forecast" / "configs" / "tiny.yaml"
 LAG = 12
@@ -102,8 +102,8 @@ def test_predict_derives_calendar_and_reads_covariates(covariate_run, tmp_path):
 
 
 def test_serving_needs_timestamp_and_covariates(covariate_run):
-    from core.errors import DataError
-    from core.runtime.forecasting import decode_item, run_items
+    from deepapps.core.errors import DataError
+    from deepapps.core.runtime.forecasting import decode_item, run_items
 
     run_dir, _ = covariate_run
     model = load_model(run_dir / "model.onnx", "cpu")

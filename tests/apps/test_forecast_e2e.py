@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from core.cli import main
-from core.runtime.session import load_model
+from deepapps.core.cli import main
+from deepapps.core.runtime.session import load_model
 
 FORECAST_TINY = Path(__file__).resolve().parents[2] / "apps" / "finance" / "forecast" / "configs" / "tiny.yaml"
 PERIOD = 24
@@ -138,7 +138,7 @@ def test_serving_side_is_torch_free(forecast_run, series_csv, tmp_path):
     import sys
 
     code = (
-        "import sys; from core.cli import main; "
+        "import sys; from deepapps.core.cli import main; "
         f"assert main(['forecast', 'evaluate', '--model', r'{forecast_run / 'model.onnx'}', '--provider', 'cpu']) == 0; "
         f"assert main(['forecast', 'predict', '--model', r'{forecast_run / 'model.onnx'}', '--provider', 'cpu', "
         f"r'{series_csv}', '--out', r'{tmp_path / 'f.csv'}']) == 0; "

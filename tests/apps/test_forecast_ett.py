@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from deepapps.core.cli import main
 from tests.helpers import shared_path
 
 ETT = Path(__file__).resolve().parents[2] / "apps" / "finance" / "forecast" / "configs" / "ett.yaml"

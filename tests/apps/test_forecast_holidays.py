@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from core.cli import main
-from core.runtime.session import load_model
+from deepapps.core.cli import main
+from deepapps.core.runtime.session import load_model
 
 FORECAST_TINY = Path(__file__).resolve().parents[2] / "apps" / "finance" / "forecast" / "configs" / "tiny.yaml"
 DIP = 6.0

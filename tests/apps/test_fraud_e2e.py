@@ -10,14 +10,14 @@ import polars as pl
 import pytest
 import torch
 
-from apps.finance.fraud.config import TabularModelConfig
-from apps.finance.fraud.features import FeatureSpec, encode
-from apps.finance.fraud.model import create_model
-from apps.finance.fraud.synth import generate
-from core.cli import main
-from core.export import read_metadata
-from core.runtime.session import load_model
-from apps.finance.fraud.runtime import score
+from deepapps.apps.finance.fraud.config import TabularModelConfig
+from deepapps.apps.finance.fraud.features import FeatureSpec, encode
+from deepapps.apps.finance.fraud.model import create_model
+from deepapps.apps.finance.fraud.synth import generate
+from deepapps.core.cli import main
+from deepapps.core.export import read_metadata
+from deepapps.core.runtime.session import load_model
+from deepapps.apps.finance.fraud.runtime import score
 
 TINY = "apps/finance/fraud/configs/tiny.yaml"
 FAST = ["--data.synth_rows", "6000", "--data.synth_fraud_rate", "0.04", "--trainer.max_epochs", "2"]
@@ -258,7 +258,7 @@ def test_gan_oversampling_adds_synthetic_frauds_to_train_only(tmp_path):
 
 
 def test_batch_scoring_session_does_not_spin(run):
-    from apps.finance.fraud.runtime import BATCH_SESSION
+    from deepapps.apps.finance.fraud.runtime import BATCH_SESSION
 
     model = load_model(run / "model.onnx", "cpu", app="fraud", session_config=BATCH_SESSION)
     assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -7,13 +7,13 @@ import polars as pl
 import pytest
 import torch
 
-from apps.finance.fraud.config import TabularModelConfig
-from apps.finance.fraud.features import Encoded, FeatureSpec, encode
-from apps.finance.fraud.model import create_model
-from apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics, recall_at_fpr
-from apps.finance.fraud.synth import generate
-from apps.finance.tables import detect_columns, split_frame
-from core.errors import DataError
+from deepapps.apps.finance.fraud.config import TabularModelConfig
+from deepapps.apps.finance.fraud.features import Encoded, FeatureSpec, encode
+from deepapps.apps.finance.fraud.model import create_model
+from deepapps.apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics, recall_at_fpr
+from deepapps.apps.finance.fraud.synth import generate
+from deepapps.apps.finance.tables import detect_columns, split_frame
+from deepapps.core.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_cost_threshold_is_the_cheapest_cut(missed, review):
 
 @pytest.mark.parametrize("arch", ["mlp", "ft_transformer"])
 def test_models_export_with_preprocessing_in_graph(table, arch, tmp_path):
-    from core.export import export_onnx
+    from deepapps.core.export import export_onnx
 
     cols = detect_columns(table.schema, "t")
     spec = FeatureSpec.fit(table, cols, 1, None)
@@ -96,7 +96,7 @@ def test_models_export_with_preprocessing_in_graph(table, arch, tmp_path):
     numeric = torch.from_numpy(enc.numeric.copy())
     numeric[0, 0] = float("nan")
     inputs = (numeric, torch.from_numpy(enc.categorical.copy()) + torch.tensor([0, 0, 99]))  # out-of-range code
-    from core.models.heads import WithProbabilities
+    from deepapps.core.models.heads import WithProbabilities
 
     meta = export_onnx(WithProbabilities(net, False, 1.0), inputs, tmp_path / "m.onnx",
                        ["numeric", "categorical"], {"app": "fraud"})
@@ -116,7 +116,7 @@ def _trained_bn_mlp(table, hidden=(16, 8)):
 
 
 def test_fold_batch_norm_keeps_outputs_and_drops_the_norms(table):
-    from apps.finance.fraud.model import fold_batch_norm
+    from deepapps.apps.finance.fraud.model import fold_batch_norm
 
     net, _, _, inputs = _trained_bn_mlp(table)
     folded = fold_batch_norm(net)
@@ -127,7 +127,7 @@ def test_fold_batch_norm_keeps_outputs_and_drops_the_norms(table):
 
 
 def test_category_codes_count_unseen_but_not_missing():
-    from apps.finance.fraud.features import category_codes
+    from deepapps.apps.finance.fraud.features import category_codes
 
     spec = FeatureSpec(numeric=[], categorical=["a", "b", "c"], log=[], center=[], scale=[],
                        vocab={"a": ["x", "y"], "b": [], "c": ["true"]})
@@ -138,8 +138,8 @@ def test_category_codes_count_unseen_but_not_missing():
 
 
 def test_autoencoder_scores_reconstruction_error(table, tmp_path):
-    from apps.finance.fraud.model import served_module
-    from core.export import export_onnx
+    from deepapps.apps.finance.fraud.model import served_module
+    from deepapps.core.export import export_onnx
 
     cols = detect_columns(table.schema, "t")
     spec = FeatureSpec.fit(table, cols, 1, None)
@@ -166,7 +166,7 @@ def test_autoencoder_scores_reconstruction_error(table, tmp_path):
 
 
 def test_gan_feature_space_round_trip_and_oversampling(table):
-    from apps.finance.fraud.gan import from_feature_space, oversample, to_feature_space
+    from deepapps.apps.finance.fraud.gan import from_feature_space, oversample, to_feature_space
 
     cols = detect_columns(table.schema, "t")
     spec = FeatureSpec.fit(table, cols, 1, None)
@@ -188,7 +188,7 @@ def test_gan_feature_space_round_trip_and_oversampling(table):
 
 @pytest.mark.parametrize("arch", ["mlp", "ft_transformer", "autoencoder"])
 def test_integrated_gradients_are_complete(table, arch):
-    from apps.finance.fraud.explain import baseline_inputs, integrated_gradients, log_odds
+    from deepapps.apps.finance.fraud.explain import baseline_inputs, integrated_gradients, log_odds
 
     cols = detect_columns(table.schema, "t")
     spec = FeatureSpec.fit(table, cols, 1, None)

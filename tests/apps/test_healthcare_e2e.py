@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from core.cli import main
-from core.export import read_metadata
+from deepapps.core.cli import main
+from deepapps.core.export import read_metadata
 from tests.apps.healthcare_helpers import run_cli, write_dicom, write_npz
 from tests.helpers import assert_one_line_error
 
@@ -62,10 +62,10 @@ def test_fit_writes_a_calibrated_thresholded_model_and_a_clinical_card(run):
 def test_temperature_and_tta_are_inside_the_graph(run, npz):
     import torch
 
-    from core.registry import get_app
-    from core.runtime.session import load_model
-    from core.training import checkpoint_config, load_checkpoint
-    from core.config import from_dict
+    from deepapps.core.registry import get_app
+    from deepapps.core.runtime.session import load_model
+    from deepapps.core.training import checkpoint_config, load_checkpoint
+    from deepapps.core.config import from_dict
 
     app = get_app("healthcare")
     ckpt = run / "checkpoints" / "best.ckpt"
@@ -121,7 +121,7 @@ def test_predict_png_dicom_folders_and_npz_at_the_stored_threshold(run, npz, tmp
 
 def test_predict_never_imports_torch(run, npz):
     code = (
-        "import sys\nfrom core.cli import main\n"
+        "import sys\nfrom deepapps.core.cli import main\n"
         f"rc = main(['healthcare', 'predict', '--model', {str(run / 'model.onnx')!r}, {str(npz) + ':val'!r}])\n"
         "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'timm', 'sklearn') if m in sys.modules)\n"
         "print('HEAVY', heavy, rc, file=sys.stderr)\n"
@@ -179,9 +179,9 @@ def test_fit_on_a_dicom_manifest_with_patients_and_a_balanced_sampler(tmp_path):
 
 
 def test_balanced_sampler_draws_classes_evenly(npz):
-    from apps.healthcare.config import HealthcareFitConfig
-    from apps.healthcare.pipeline import MedicalDataModule
-    from core.runtime.images import ImageSpec
+    from deepapps.apps.healthcare.config import HealthcareFitConfig
+    from deepapps.apps.healthcare.pipeline import MedicalDataModule
+    from deepapps.core.runtime.images import ImageSpec
 
     cfg = HealthcareFitConfig()
     cfg.data.path, cfg.data.num_workers, cfg.data.batch_size, cfg.data.augment = str(npz), 0, 160, False
@@ -229,7 +229,7 @@ def test_predict_bad_inputs(run, tmp_path):
     broken = write_npz(tmp_path / "broken.npz", drop=("train_labels",))
     result = run_cli("predict", "--model", model, str(broken))
     assert result.returncode == 2 and "needs train_images and train_labels" in result.stdout
-    vision = subprocess.run([sys.executable, "-m", "apps.vision", "predict", "--model", model, str(nopix)],
+    vision = subprocess.run([sys.executable, "-m", "deepapps.apps.vision", "predict", "--model", model, str(nopix)],
                             capture_output=True, text=True)
     assert_one_line_error(vision, "made by the healthcare app")
 
@@ -263,9 +263,9 @@ def test_multiclass_and_multilabel_medmnist_tasks(kind, tmp_path, capsys):
 def test_http_adapter_takes_png_and_dicom_uploads(run, npz, tmp_path):
     import base64
 
-    from apps.healthcare import runtime
-    from core.errors import DataError
-    from core.runtime.session import load_model
+    from deepapps.apps.healthcare import runtime
+    from deepapps.core.errors import DataError
+    from deepapps.core.runtime.session import load_model
 
     model = load_model(run / "model.onnx", "cpu", app="healthcare")
     image = np.load(npz)["test_images"][0]

@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from apps.healthcare.signals import SignalSettings, open_signal_source, read_signal_rows
-from apps.healthcare.synthetic import ECG_LABELS, synthetic_ecg
-from core.cli import main
-from core.errors import DataError
-from core.export import read_metadata
+from deepapps.apps.healthcare.signals import SignalSettings, open_signal_source, read_signal_rows
+from deepapps.apps.healthcare.synthetic import ECG_LABELS, synthetic_ecg
+from deepapps.core.cli import main
+from deepapps.core.errors import DataError
+from deepapps.core.export import read_metadata
 from tests.apps.healthcare_helpers import run_cli
 from tests.helpers import assert_one_line_error, shared_path
 
@@ -104,7 +104,7 @@ def test_front_end_matches_torchaudio():
     import torch
     import torchaudio
 
-    from apps.healthcare.signal_models import DftSpectrogram, SignalFrontEnd, fir_kernel
+    from deepapps.apps.healthcare.signal_models import DftSpectrogram, SignalFrontEnd, fir_kernel
 
     x = torch.randn(4, 140, generator=torch.Generator().manual_seed(0))
     ours = DftSpectrogram(32, 2, 250.0).power(x)
@@ -127,9 +127,9 @@ def test_front_end_matches_torchaudio():
 
 @pytest.mark.parametrize("backbone", ["fcn", "test_resnet"])
 def test_every_network_exports_with_its_front_end_at_parity(backbone, tmp_path):
-    from apps.healthcare.config import HealthcareFitConfig
-    from apps.healthcare.pipeline import build
-    from core.export import export_onnx
+    from deepapps.apps.healthcare.config import HealthcareFitConfig
+    from deepapps.apps.healthcare.pipeline import build
+    from deepapps.core.export import export_onnx
 
     cfg = HealthcareFitConfig(task="signal")
     cfg.model.backbone, cfg.signal.length, cfg.signal.width, cfg.signal.image_size = backbone, 140, 8, 32
@@ -205,7 +205,7 @@ def test_predict_writes_probabilities_labels_and_error_rows(run, ucr, tmp_path, 
 
 def test_predict_never_imports_torch(run, ucr):
     code = (
-        "import sys\nfrom core.cli import main\n"
+        "import sys\nfrom deepapps.core.cli import main\n"
         f"rc = main(['healthcare', 'predict', '--model', {str(run / 'model.onnx')!r}, {str(ucr)!r}])\n"
         "heavy = sorted(m for m in ('torch', 'torchaudio', 'pytorch_lightning', 'timm', 'sklearn') if m in sys.modules)\n"
         "print('HEAVY', heavy, rc, file=sys.stderr)\n"
@@ -254,8 +254,8 @@ def test_explain_refuses_a_signal_checkpoint_in_one_line(run, ucr, capsys):
 
 
 def test_http_adapter_checks_and_scores_signals(run):
-    from apps.healthcare import runtime
-    from core.runtime.session import load_model
+    from deepapps.apps.healthcare import runtime
+    from deepapps.core.runtime.session import load_model
 
     model = load_model(run / "model.onnx", "cpu", app="healthcare")
     signals, _ = synthetic_ecg(3, LENGTH, seed=9)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from apps.healthcare.data import open_medical_source
-from core.cli import main
+from deepapps.apps.healthcare.data import open_medical_source
+from deepapps.core.cli import main
 from tests.helpers import shared_path
 
 

@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from apps.healthcare.clinical import check_rule, choose_threshold, fit_temperature, operating_point
-from apps.healthcare.data import MedicalDataSettings, known_positive_label, list_inputs, open_medical_source
-from apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
-from apps.healthcare.synthetic import NAME, synthetic_xray_arrays
-from core.errors import ConfigError, DataError
-from core.metrics import calibration_metrics
+from deepapps.apps.healthcare.clinical import check_rule, choose_threshold, fit_temperature, operating_point
+from deepapps.apps.healthcare.data import MedicalDataSettings, known_positive_label, list_inputs, open_medical_source
+from deepapps.apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
+from deepapps.apps.healthcare.synthetic import NAME, synthetic_xray_arrays
+from deepapps.core.errors import ConfigError, DataError
+from deepapps.core.metrics import calibration_metrics
 from tests.apps.healthcare_helpers import write_dicom, write_npz
 
 # --- DICOM -------------------------------------------------------------------------------
@@ -197,15 +197,15 @@ def test_expected_calibration_error(tmp_path):
     out = calibration_metrics("binary", targets, probs, bins=10)
     assert out["ece"] == pytest.approx(0.5 * 0.0 + 0.5 * 0.2)
     assert sum(b["count"] for b in out["bins"]) == 20 and len(out["bins"]) == 10
-    from core.report.plots import reliability_plot
+    from deepapps.core.report.plots import reliability_plot
 
     png = reliability_plot(out["bins"], out["ece"], tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_config_and_help_import_no_torch():
-    code = ("import sys\nfrom core.cli import main\nmain(['healthcare', '--help'])\n"
-            "import apps.healthcare.config, apps.healthcare.runtime, apps.healthcare.dicom\n"
+    code = ("import sys\nfrom deepapps.core.cli import main\nmain(['healthcare', '--help'])\n"
+            "import deepapps.apps.healthcare.config, deepapps.apps.healthcare.runtime, deepapps.apps.healthcare.dicom\n"
             "print('TORCH', 'torch' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "explain" in result.stdout and "TORCH False" in result.stdout

@@ -16,9 +16,9 @@ import onnx
 import polars as pl
 import pytest
 
-from apps.nlp.runtime import score_texts
-from core.cli import main
-from core.runtime.session import load_model
+from deepapps.apps.nlp.runtime import score_texts
+from deepapps.core.cli import main
+from deepapps.core.runtime.session import load_model
 from tests.apps.nlp_helpers import make_tiny_bert
 from tests.helpers import REPO, Server
 
@@ -103,7 +103,7 @@ def test_predict_needs_neither_torch_nor_transformers(run, tmp_path):
     lines.write_bytes(b"the chair is superb\n\xff\xfe broken bytes\n   \nthe lamp is awful\n")
     out = tmp_path / "pred.jsonl"
     code = (
-        "import sys; from core.cli import main\n"
+        "import sys; from deepapps.core.cli import main\n"
         f"rc = main(['nlp', 'predict', '--model', {str(run['dir'] / 'model.onnx')!r}, '--text', 'the kettle is great',"
         f" '--text', '', {str(lines)!r}, '--out', {str(out)!r}])\n"
         "assert rc == 0, rc\n"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.cli import main
+from deepapps.core.cli import main
 from tests.helpers import REPO, shared_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]

@@ -9,13 +9,13 @@ import polars as pl
 import pytest
 import torch
 
-from apps.nlp.config import TextOptimConfig
-from apps.nlp.data import BucketSampler
-from apps.nlp.explain import attribute
-from apps.nlp.model import TextClassifier, layer_depth
-from apps.nlp.table import read_labelled, stratified_split
-from apps.nlp.task import TextClassificationTask, WarmupDecay
-from core.errors import DataError
+from deepapps.apps.nlp.config import TextOptimConfig
+from deepapps.apps.nlp.data import BucketSampler
+from deepapps.apps.nlp.explain import attribute
+from deepapps.apps.nlp.model import TextClassifier, layer_depth
+from deepapps.apps.nlp.table import read_labelled, stratified_split
+from deepapps.apps.nlp.task import TextClassificationTask, WarmupDecay
+from deepapps.core.errors import DataError
 
 
 def test_integer_labels_get_names_and_tsv_is_read_without_quoting(tmp_path):

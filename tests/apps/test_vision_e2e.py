@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from core.cli import main
-from core.export import read_metadata
+from deepapps.core.cli import main
+from deepapps.core.export import read_metadata
 from tests.helpers import TINY
 
 
@@ -90,11 +90,11 @@ def test_predict_writes_csv_with_error_rows(tiny_run, image_folder, tmp_path, ca
 def test_predict_matches_torch_on_the_same_pixels(tiny_run, image_folder):
     import torch
 
-    from core.runtime.images import ImageSpec, open_image, to_model_input
-    from core.runtime.session import load_model
-    from core.training import load_checkpoint
-    from core.config import ImageFitConfig, from_dict
-    from core.registry import get_app
+    from deepapps.core.runtime.images import ImageSpec, open_image, to_model_input
+    from deepapps.core.runtime.session import load_model
+    from deepapps.core.training import load_checkpoint
+    from deepapps.core.config import ImageFitConfig, from_dict
+    from deepapps.core.registry import get_app
 
     model = load_model(tiny_run / "model.onnx", "cpu", app="vision")
     spec = ImageSpec.from_meta(model.meta["preprocess"])
@@ -135,7 +135,7 @@ def test_resume_after_a_killed_fit(tmp_path, image_folder):
     last = run_dir / "checkpoints" / "last.ckpt"
     args = ["fit", "--config", str(TINY), "--data.path", str(image_folder), "--run_dir", str(run_dir),
             "--data.batch_size", "8", "--trainer.limit_train_batches", "3", "--trainer.patience", "100"]
-    victim = subprocess.Popen([sys.executable, "-m", "apps.vision", *args, "--trainer.max_epochs", "500"],
+    victim = subprocess.Popen([sys.executable, "-m", "deepapps.apps.vision", *args, "--trainer.max_epochs", "500"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not last.is_file() and time.monotonic() < deadline and victim.poll() is None:
@@ -162,7 +162,7 @@ def test_resume_after_a_killed_fit(tmp_path, image_folder):
 def test_predict_path_never_imports_torch(tiny_run, image_folder):
     code = (
         "import sys\n"
-        "from core.cli import main\n"
+        "from deepapps.core.cli import main\n"
         f"rc = main(['vision', 'predict', '--model', {str(tiny_run / 'model.onnx')!r}, {str(image_folder)!r}])\n"
         "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'timm', 'transformers', 'sklearn') if m in sys.modules)\n"
         "print('HEAVY', heavy, rc, file=sys.stderr)\n"
@@ -175,7 +175,7 @@ def test_predict_path_never_imports_torch(tiny_run, image_folder):
 def test_freeze_then_unfreeze_trains_only_the_head_first(tmp_path, image_folder):
     import torch
 
-    from core.models.backbones import create_timm_model
+    from deepapps.core.models.backbones import create_timm_model
 
     args = ["vision", "fit", "--config", str(TINY), "--data.path", str(image_folder), "--data.batch_size", "8",
             "--model.freeze_epochs", "1", "--optim.schedule", "constant"]
@@ -194,7 +194,7 @@ def test_freeze_then_unfreeze_trains_only_the_head_first(tmp_path, image_folder)
 def test_ddp_on_two_cpu_processes_needs_no_code_change(tmp_path):
     run_dir = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "apps.vision", "fit", "--config", str(TINY), "--run_dir", str(run_dir),
+        [sys.executable, "-m", "deepapps.apps.vision", "fit", "--config", str(TINY), "--run_dir", str(run_dir),
          "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
          "--trainer.max_epochs", "1"],
         capture_output=True, text=True, timeout=300,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.models.backbones import create_timm_model, data_config, local_weights_path
-from core.runtime.images import ImageSpec, to_model_input
+from deepapps.core.models.backbones import create_timm_model, data_config, local_weights_path
+from deepapps.core.runtime.images import ImageSpec, to_model_input
 from tests.helpers import SHARED
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

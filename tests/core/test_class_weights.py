@@ -1,7 +1,7 @@
 import pytest
 
-from core.data.class_weights import class_weights
-from core.errors import ConfigError
+from deepapps.core.data.class_weights import class_weights
+from deepapps.core.errors import ConfigError
 
 
 def test_balanced_and_sqrt_weights_follow_the_train_counts():

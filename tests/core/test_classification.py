@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from core.config import OptimConfig
-from core.models.backbones import create_timm_model
-from core.models.image_classifier import ImageClassifier
-from core.tasks.classification import ClassificationTask, _Schedule, make_metrics, problem_type
+from deepapps.core.config import OptimConfig
+from deepapps.core.models.backbones import create_timm_model
+from deepapps.core.models.image_classifier import ImageClassifier
+from deepapps.core.tasks.classification import ClassificationTask, _Schedule, make_metrics, problem_type
 
 
 def test_schedule_shapes():

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from core.cli import _bare_flags, _bool_options, main, run_app
-from core.config import ImageFitConfig
-from core.registry import AppCommand, AppSpec, discover_apps
+from deepapps.core.cli import _bare_flags, _bool_options, main, run_app
+from deepapps.core.config import ImageFitConfig
+from deepapps.core.registry import AppCommand, AppSpec, discover_apps
 
 
 def hello(app, argv):
@@ -22,7 +22,7 @@ def test_help_lists_apps_and_commands(capsys):
 
 def test_an_app_can_add_a_command(capsys):
     spec = AppSpec(
-        name="demo", help="demo app", task="image_classification", config_class="core.config:ImageFitConfig",
+        name="demo", help="demo app", task="image_classification", config_class="deepapps.core.config:ImageFitConfig",
         configs_dir=Path("."), pipeline="x", runtime="y",
         commands=(AppCommand("hello", "say hello", "tests.core.test_cli:hello"),),
     )

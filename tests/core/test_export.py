@@ -4,11 +4,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.errors import ExportParityError
-from core.export import convert_fp16, export_onnx, read_metadata
-from core.models.backbones import create_timm_model
-from core.models.heads import WithProbabilities
-from core.models.image_classifier import ImageClassifier
+from deepapps.core.errors import ExportParityError
+from deepapps.core.export import convert_fp16, export_onnx, read_metadata
+from deepapps.core.models.backbones import create_timm_model
+from deepapps.core.models.heads import WithProbabilities
+from deepapps.core.models.image_classifier import ImageClassifier
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.export import export_onnx
-from core.forecast_config import ForecastModelConfig
-from core.models.forecasters import ServedForecaster, create_forecaster, sort_quantiles
-from core.runtime import baselines
-from core.tasks.forecasting import apply_interval_scale, fit_interval_scale, pinball_loss
+from deepapps.core.export import export_onnx
+from deepapps.core.forecast_config import ForecastModelConfig
+from deepapps.core.models.forecasters import ServedForecaster, create_forecaster, sort_quantiles
+from deepapps.core.runtime import baselines
+from deepapps.core.tasks.forecasting import apply_interval_scale, fit_interval_scale, pinball_loss
 
 SMALL = dict(d_model=16, n_heads=2, depth=1, d_ff=32, hidden_size=8, num_layers=1, patch_len=8, patch_stride=4)
 

@@ -3,8 +3,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from core.data.image_sources import SplitSettings, open_image_source
-from core.errors import DataError
+from deepapps.core.data.image_sources import SplitSettings, open_image_source
+from deepapps.core.errors import DataError
 from tests.helpers import make_image_folder
 
 
@@ -74,7 +74,7 @@ def test_unusable_data_is_one_clear_error(tmp_path, make, message):
 
 
 def test_corrupt_image_error_names_the_file(tmp_path):
-    from core.runtime.images import open_image
+    from deepapps.core.runtime.images import open_image
 
     bad = tmp_path / "bad.jpg"
     good = tmp_path / "good.jpg"

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from onnx import TensorProto, helper
 
-from core.cli import main
-from core.export import read_metadata
+from deepapps.core.cli import main
+from deepapps.core.export import read_metadata
 
 LABELS = ["blue", "green", "red"]  # the test image folder's classes
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from core.errors import ConfigError
-from core.metrics import classification_metrics
+from deepapps.core.errors import ConfigError
+from deepapps.core.metrics import classification_metrics
 
 
 def _onehot(ids: list[int], k: int) -> np.ndarray:

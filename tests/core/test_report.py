@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.report.model_card import render_model_card, write_model_card
-from core.report.plots import confusion_matrix_plot, roc_plot, training_curves
+from deepapps.core.report.model_card import render_model_card, write_model_card
+from deepapps.core.report.plots import confusion_matrix_plot, roc_plot, training_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""core.runtime.series: frequency, gap filling, the ETT split borders and windows."""
+"""deepapps.core.runtime.series: frequency, gap filling, the ETT split borders and windows."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from core.errors import ConfigError, DataError
-from core.runtime.series import (
+from deepapps.core.errors import ConfigError, DataError
+from deepapps.core.runtime.series import (
     calendar_features, fill_missing, future_timestamps, prepare_frame, season_length, split_ranges, split_sizes, window_starts, windows,
 )
 
@@ -87,8 +87,8 @@ def test_fill_methods():
 
 @pytest.mark.shared
 def test_ett_file_split_and_statistics():
-    from core.data.series import SeriesDataModule
-    from core.forecast_config import SeriesDataConfig
+    from deepapps.core.data.series import SeriesDataModule
+    from deepapps.core.forecast_config import SeriesDataConfig
     from tests.helpers import shared_path
 
     path = shared_path("data", "ett", "ETTh1.csv")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.serving.load import run_load
+from deepapps.core.serving.load import run_load
 from tests.helpers import Server
 
 
@@ -45,8 +45,8 @@ def test_metadata_health_and_openapi(server):
 
 
 def test_predict_json_matches_the_cli_model(server, tiny_run, red_png):
-    from core.runtime.image_classification import decode_item, run_items
-    from core.runtime.session import load_model
+    from deepapps.core.runtime.image_classification import decode_item, run_items
+    from deepapps.core.runtime.session import load_model
 
     status, body = server.predict({"instances": [{"image": b64(red_png)}, {"image": b64(red_png)}]})
     assert status == 200 and len(body["predictions"]) == 2
@@ -121,6 +121,6 @@ def test_sigterm_finishes_in_flight_requests(tiny_run, red_png):
 def test_serve_refuses_a_bad_model_with_one_line(tmp_path):
     bad = tmp_path / "m.onnx"
     bad.write_bytes(b"nonsense")
-    result = subprocess.run([sys.executable, "-m", "core.cli", "serve", "--model", str(bad)],
+    result = subprocess.run([sys.executable, "-m", "deepapps.core.cli", "serve", "--model", str(bad)],
                             capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     assert result.returncode == 2 and "not a valid ONNX model" in result.stderr and "Traceback" not in result.stderr

@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from core.cli import main
+from deepapps.core.cli import main
 
 pytest.importorskip("pyspark")
 

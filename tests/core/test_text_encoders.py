@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core.errors import ConfigError
-from core.models.text_encoders import create_text_encoder
+from deepapps.core.errors import ConfigError
+from deepapps.core.models.text_encoders import create_text_encoder
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from core.registry import AppSpec
+from deepapps.core.registry import AppSpec
 
 APP = AppSpec(
     name="forecast",
     help="time-series forecasting with prediction intervals: DLinear/RNN/PatchTST, ONNX, backtests",
     task="forecasting",
-    config_class="core.forecast_config:ForecastFitConfig",
+    config_class="deepapps.core.forecast_config:ForecastFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="core.pipelines.forecasting",
-    runtime="core.runtime.forecasting",
+    pipeline="deepapps.core.pipelines.forecasting",
+    runtime="deepapps.core.runtime.forecasting",
 )

@@ -1,8 +1,8 @@
-"""`python -m apps.finance.forecast <command>` == `deepapps forecast <command>`."""
+"""`python -m deepapps.apps.finance.forecast <command>` == `deepapps forecast <command>`."""
 
 import sys
 
-from apps.finance.forecast import APP
-from core.cli import main
+from deepapps.apps.finance.forecast import APP
+from deepapps.core.cli import main
 
 sys.exit(main([APP.name, *sys.argv[1:]]))

@@ -2,20 +2,20 @@
 
 from pathlib import Path
 
-from core.registry import AppCommand, AppSpec
+from deepapps.core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="fraud",
     help="fraud detection on tabular transactions: MLP/FT-Transformer/autoencoder, cost threshold, streaming ONNX scoring",
     task="tabular_classification",
-    config_class="apps.finance.fraud.config:FraudFitConfig",
+    config_class="deepapps.apps.finance.fraud.config:FraudFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="apps.finance.fraud.pipeline",
-    runtime="apps.finance.fraud.runtime",
+    pipeline="deepapps.apps.finance.fraud.pipeline",
+    runtime="deepapps.apps.finance.fraud.runtime",
     commands=(
         AppCommand("predict", "score a CSV/Parquet table in streaming chunks (ONNX Runtime, no torch)",
-                   "apps.finance.fraud.runtime:predict_command"),
+                   "deepapps.apps.finance.fraud.runtime:predict_command"),
         AppCommand("explain", "integrated-gradients feature attributions per transaction, from a checkpoint (torch)",
-                   "apps.finance.fraud.explain:main"),
+                   "deepapps.apps.finance.fraud.explain:main"),
     ),
 )

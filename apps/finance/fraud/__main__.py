@@ -1,8 +1,8 @@
-"""`python -m apps.finance.fraud <command>` == `deepapps fraud <command>`."""
+"""`python -m deepapps.apps.finance.fraud <command>` == `deepapps fraud <command>`."""
 
 import sys
 
-from apps.finance.fraud import APP
-from core.cli import main
+from deepapps.apps.finance.fraud import APP
+from deepapps.core.cli import main
 
 sys.exit(main([APP.name, *sys.argv[1:]]))

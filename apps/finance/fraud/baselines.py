@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
-from apps.finance.fraud.features import Encoded, FeatureSpec
+from deepapps.apps.finance.fraud.features import Encoded, FeatureSpec
 
 NAMES = {"logistic_regression": "logistic regression", "hist_gradient_boosting": "HistGradientBoosting"}
 

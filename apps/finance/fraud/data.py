@@ -7,10 +7,10 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns, load_source, targets
-from apps.finance.tables import split_frame
-from core.data.class_weights import class_weights
-from core.errors import ConfigError, DataError
+from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns, load_source, targets
+from deepapps.apps.finance.tables import split_frame
+from deepapps.core.data.class_weights import class_weights
+from deepapps.core.errors import ConfigError, DataError
 
 
 class TabularDataModule(L.LightningDataModule):
@@ -51,7 +51,7 @@ class TabularDataModule(L.LightningDataModule):
     def synthetic(self) -> Encoded:
         """The GAN frauds added to the training split (apps/finance/fraud/gan.py), made once."""
         if self._synthetic is None:
-            from apps.finance.fraud.gan import oversample
+            from deepapps.apps.finance.fraud.gan import oversample
 
             frauds = np.flatnonzero(self.y["train"] == 1)
             enc = self.encoded["train"]

@@ -18,12 +18,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from apps.finance.fraud.features import FeatureSpec, check_columns, encode
-from apps.finance.tables import scan_table, table_schema
-from core.cli import OneLineParser
-from core.errors import ConfigError, DataError
-from core.registry import AppSpec
-from core.runtime.io import write_table
+from deepapps.apps.finance.fraud.features import FeatureSpec, check_columns, encode
+from deepapps.apps.finance.tables import scan_table, table_schema
+from deepapps.core.cli import OneLineParser
+from deepapps.core.errors import ConfigError, DataError
+from deepapps.core.registry import AppSpec
+from deepapps.core.runtime.io import write_table
 
 
 def log_odds(logits: torch.Tensor) -> torch.Tensor:
@@ -102,8 +102,8 @@ def parser() -> OneLineParser:
 
 def load_network(ckpt: Path, app: AppSpec) -> tuple[torch.nn.Module, FeatureSpec, float]:
     """(network in eval mode, feature spec, decision threshold) from a checkpoint, without its data."""
-    from apps.finance.fraud.model import create_model
-    from core.training import checkpoint_app_config, read_checkpoint, run_metrics
+    from deepapps.apps.finance.fraud.model import create_model
+    from deepapps.core.training import checkpoint_app_config, read_checkpoint, run_metrics
 
     state = read_checkpoint(ckpt)
     cfg = checkpoint_app_config(app, ckpt, state)

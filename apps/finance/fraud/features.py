@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import polars as pl
 
-from apps.finance.tables import Columns, detect_columns, read_table, table_schema
-from core.errors import DataError
+from deepapps.apps.finance.tables import Columns, detect_columns, read_table, table_schema
+from deepapps.core.errors import DataError
 
 BUILTIN = "builtin:transactions"
 LABELS = ["normal", "fraud"]
@@ -23,7 +23,7 @@ CLIP = 10.0  # scaled numerics are clipped to [-CLIP, CLIP] in the graph
 def load_source(path: str, data) -> pl.DataFrame:
     """The training table: a CSV/Parquet file or the built-in generator (`data` = data config)."""
     if path == BUILTIN:
-        from apps.finance.fraud.synth import generate
+        from deepapps.apps.finance.fraud.synth import generate
 
         return generate(data.synth_rows, data.synth_fraud_rate, data.synth_seed)
     if path.startswith("builtin:"):

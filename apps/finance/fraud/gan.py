@@ -15,7 +15,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from apps.finance.fraud.features import Encoded, FeatureSpec
+from deepapps.apps.finance.fraud.features import Encoded, FeatureSpec
 
 NOISE = 32
 

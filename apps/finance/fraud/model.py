@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from apps.finance.fraud.features import FeatureSpec
+from deepapps.apps.finance.fraud.features import FeatureSpec
 
 
 class RawFeatures(nn.Module):
@@ -201,7 +201,7 @@ def served_module(net: nn.Module, temperature: float = 1.0) -> nn.Module:
     (Folding the embeddings into the first layer as gathered rows was tried: ORT ran it 1.5x
     slower than the one Gemm over the concatenated inputs.)
     """
-    from core.models.heads import WithProbabilities
+    from deepapps.core.models.heads import WithProbabilities
 
     return WithProbabilities(fold_batch_norm(net), False, temperature)
 
@@ -214,10 +214,10 @@ def create_model(spec: FeatureSpec, cfg) -> nn.Module:
         return FTTransformer(spec, cfg.d_token, cfg.n_layers, cfg.n_heads, cfg.dropout)
     if cfg.arch == "autoencoder":
         if not cfg.ae_hidden:
-            from core.errors import ConfigError
+            from deepapps.core.errors import ConfigError
 
             raise ConfigError("--model.ae_hidden: give at least one width (the bottleneck)")
         return TabularAutoencoder(spec, cfg.ae_hidden, cfg.dropout)
-    from core.errors import ConfigError
+    from deepapps.core.errors import ConfigError
 
     raise ConfigError(f"--model.arch {cfg.arch}: choose mlp, ft_transformer or autoencoder")

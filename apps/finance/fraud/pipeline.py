@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from apps.finance.fraud.data import TabularDataModule
-from apps.finance.fraud.features import LABELS
-from apps.finance.fraud.model import create_model, served_module
-from apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics
-from core.errors import ConfigError
-from core.pipelines import Built
-from core.tasks.classification import ClassificationTask
+from deepapps.apps.finance.fraud.data import TabularDataModule
+from deepapps.apps.finance.fraud.features import LABELS
+from deepapps.apps.finance.fraud.model import create_model, served_module
+from deepapps.apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics
+from deepapps.core.errors import ConfigError
+from deepapps.core.pipelines import Built
+from deepapps.core.tasks.classification import ClassificationTask
 
 log = logging.getLogger("deepapps.fraud")
 
@@ -121,7 +121,7 @@ def post_fit(task, built: Built, cfg) -> dict:
     }
     log.info("threshold %.4f chosen on validation (cost missed %g, review %g)", threshold, d.cost_missed, d.cost_review)
     if cfg.baselines:
-        from apps.finance.fraud.baselines import fit_baselines
+        from deepapps.apps.finance.fraud.baselines import fit_baselines
 
         scores = fit_baselines(dm.encoded, dm.y["train"], dm.spec, cfg.seed)
         dm.baseline_scores = scores
@@ -139,6 +139,6 @@ def post_fit(task, built: Built, cfg) -> dict:
 def write_report(run_dir: Path, app, built: Built, cfg, config_yaml: str, metrics: dict, evaluation) -> Path:
     """Plots (PR, ROC, score distributions, training curves), the side-by-side comparison in
     metrics.json, and the model card."""
-    from apps.finance.fraud.report import write_fraud_report
+    from deepapps.apps.finance.fraud.report import write_fraud_report
 
     return write_fraud_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation)

@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
-from apps.finance.fraud.baselines import NAMES  # noqa: E402
-from core.report.model_card import write_model_card  # noqa: E402
-from core.report.plots import training_curves  # noqa: E402
-from core.runtime.io import atomic_write, write_json  # noqa: E402
+from deepapps.apps.finance.fraud.baselines import NAMES  # noqa: E402
+from deepapps.core.report.model_card import write_model_card  # noqa: E402
+from deepapps.core.report.plots import training_curves  # noqa: E402
+from deepapps.core.runtime.io import atomic_write, write_json  # noqa: E402
 
 HEADLINE = ("auprc", "auroc")
 
@@ -91,7 +91,7 @@ def write_fraud_report(run_dir: Path, app, built, cfg, config_yaml: str, metrics
 def feature_importance(net, dm, rows: int = 512) -> dict:
     """Mean |integrated-gradients attribution| of the fraud log-odds per column, on up to `rows`
     test rows (explain.py; the same attributions `deepapps fraud explain` gives per row)."""
-    from apps.finance.fraud.explain import global_importance
+    from deepapps.apps.finance.fraud.explain import global_importance
 
     enc = dm.encoded["test"]
     pick = np.random.default_rng(0).permutation(len(enc.numeric))[:rows]

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from apps.finance.fraud.config import TabularDataConfig
-from apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets
-from apps.finance.fraud.scoring import decision_metrics, fraud_metrics
-from apps.finance.tables import Columns, scan_table, split_frame, table_schema
-from core.errors import DataError, DeepappsError
-from core.runtime.evaluation import Evaluation
-from core.runtime.io import atomic_write
-from core.runtime.session import OnnxModel
+from deepapps.apps.finance.fraud.config import TabularDataConfig
+from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets
+from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
+from deepapps.apps.finance.tables import Columns, scan_table, split_frame, table_schema
+from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.io import atomic_write
+from deepapps.core.runtime.session import OnnxModel
 
 CHUNK = 262_144
 ORT_BATCH = 8_192  # rows per ONNX Runtime call: the (batch, 128) activations stay in cache
@@ -86,8 +86,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predict_command(app, argv: list[str]) -> int:
     """`deepapps fraud predict --model M.onnx INPUT --out OUT.parquet`: streams, flags bad rows."""
-    from core.cli import OneLineParser
-    from core.runtime.session import load_model, say_provider
+    from deepapps.core.cli import OneLineParser
+    from deepapps.core.runtime.session import load_model, say_provider
 
     parser = OneLineParser(prog=f"deepapps {app.name} predict", allow_abbrev=False,
                            description="score transactions with an ONNX model in streaming chunks (no torch)")
