@@ -23,9 +23,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from deepapps.core.export import export_onnx  # noqa: E402
-from deepapps.core.forecast_config import ForecastModelConfig  # noqa: E402
-from deepapps.core.models.forecasters import ServedForecaster, create_forecaster  # noqa: E402
+from deepapps.core.training.export import export_onnx  # noqa: E402
+from deepapps.apps.finance.forecast.config import ForecastModelConfig  # noqa: E402
+from deepapps.apps.finance.forecast.models import create_forecaster
+from deepapps.apps.finance.forecast.models.forecaster import ServedForecaster  # noqa: E402
 from timing import interleaved_median_ms  # noqa: E402  (benchmarks/timing.py; run from this folder)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepapps.core.runtime.forecasting import forecast, split_windows
+from deepapps.apps.finance.forecast.runtime import forecast, split_windows
 from deepapps.core.runtime.session import load_model
 
 

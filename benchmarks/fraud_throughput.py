@@ -28,8 +28,8 @@ from deepapps.apps.finance.fraud.config import TabularModelConfig
 from deepapps.apps.finance.fraud.features import FeatureSpec, encode
 from deepapps.apps.finance.fraud.model import create_model, served_module
 from deepapps.apps.finance.fraud.synth import generate
-from deepapps.apps.finance.tables import detect_columns
-from deepapps.core.export import export_onnx
+from deepapps.apps.finance.fraud.tables import detect_columns
+from deepapps.core.training.export import export_onnx
 from deepapps.core.runtime.session import load_model
 from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
 

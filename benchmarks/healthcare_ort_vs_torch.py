@@ -28,7 +28,7 @@ from vision_ort_vs_torch import median_seconds  # noqa: E402
 
 from deepapps.apps.healthcare.config import HealthcareFitConfig  # noqa: E402
 from deepapps.apps.healthcare.pipeline import build  # noqa: E402
-from deepapps.core.export import export_onnx  # noqa: E402
+from deepapps.core.training.export import export_onnx  # noqa: E402
 
 
 def served_model(size: int, tta: bool, backbone: str):

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from deepapps.core.runtime.session import load_model
-from deepapps.core.serving.load import run_load
+from deepapps.core.serving.loadgen import run_load
 
 
 def start(model: str, port: int, max_batch: int, max_wait_ms: float) -> subprocess.Popen:

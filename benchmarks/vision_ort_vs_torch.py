@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepapps.core.export import export_onnx
-from deepapps.core.models.backbones import create_timm_model, data_config
-from deepapps.core.models.heads import WithProbabilities
-from deepapps.core.models.image_classifier import ImageClassifier
+from deepapps.core.training.export import export_onnx
+from deepapps.core.training.backbones import create_timm_model, data_config
+from deepapps.core.training.heads import WithProbabilities
+from deepapps.core.training.image_model import ImageClassifier
 from deepapps.core.runtime.session import load_model
 from timing import median_seconds  # benchmarks/timing.py (scripts run from this folder)
 

@@ -144,9 +144,9 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
 
     saved = {}
     if with_ckpt and _option(argv, "--ckpt"):  # the checkpoint's config is the base
-        from deepapps.core.training import checkpoint_config
+        from deepapps.core.training.checkpoints import config_values, read_checkpoint
 
-        saved = checkpoint_config(Path(_option(argv, "--ckpt")))
+        saved = config_values(app, read_checkpoint(_option(argv, "--ckpt")))
     parser = config_parser(app, command, with_ckpt, base_yaml=not saved)
     if saved:
         try:
@@ -169,7 +169,7 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
 
 def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
     parser, namespace, cfg, values = parse_config(app, command, argv)
-    from deepapps.core.training import fit
+    from deepapps.core.training.fit import fit
 
     yaml = parser.dump(namespace, skip_none=False)
     run_dir = fit(app, cfg, values, _strip_config_keys(yaml))
@@ -179,7 +179,7 @@ def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
 
 def _stage(app: AppSpec, command: str, argv: list[str]) -> int:
     _, namespace, cfg, _ = parse_config(app, command, argv, with_ckpt=True)
-    from deepapps.core.training import run_stage
+    from deepapps.core.training.fit import run_stage
 
     print(json.dumps(run_stage(app, Path(namespace.ckpt), cfg, command), indent=2))
     return 0
@@ -187,7 +187,7 @@ def _stage(app: AppSpec, command: str, argv: list[str]) -> int:
 
 def _export(app: AppSpec, command: str, argv: list[str]) -> int:
     _, namespace, cfg, values = parse_config(app, command, argv, with_ckpt=True)
-    from deepapps.core.training import export_checkpoint
+    from deepapps.core.training.fit import export_checkpoint
 
     out = Path(namespace.out) if namespace.out else Path(namespace.ckpt).with_suffix(".onnx")
     print(export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16, namespace.int8))
@@ -216,10 +216,10 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     model = load_model(args.model, args.provider, app=app.name)
     say_provider(model)
-    data_path = args.data_path or model.meta.get("train", {}).get("data_config", {}).get("path")
+    data_path = args.data_path or model.contract.train.data_config.get("path")
     if not data_path:
         raise ConfigError("--data.path is required (the model does not name its training data)")
-    evaluation = app.load_runtime().evaluate(model, data_path, args.split)
+    evaluation = app.load_serving().evaluate(model, data_path, args.split)
     text = json.dumps(evaluation.metrics, indent=2)
     if args.out:
         write_json(args.out, evaluation.metrics)
@@ -231,32 +231,40 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
     from deepapps.core.runtime.io import write_table
     from deepapps.core.runtime.session import load_model, say_provider
 
-    runtime = app.load_runtime()
+    serving = app.load_serving()
     parser = _serving_parser(app, command)
-    parser.add_argument("--out", help="output table (.csv, .parquet or .jsonl); default: CSV on stdout")
+    parser.add_argument("--out", required=serving.writes_output,
+                        help="output table (.csv, .parquet or .jsonl)" + ("" if serving.writes_output else
+                                                                          "; default: CSV on stdout"))
     parser.add_argument("--engine", default="local", choices=["local", "spark"],
                         help="spark: score a Parquet dataset with a pandas UDF (pip install 'deepapps[spark]')")
-    parser.add_argument("--spark-column", default="image", help="with --engine spark: the input column")
+    parser.add_argument("--spark-column", default=serving.spark_column,
+                        help="with --engine spark: the input column (default: "
+                             + (serving.spark_column or "each row as a record of its columns") + ")")
     parser.add_argument("--spark-master", default="local[*]", help="with --engine spark: the Spark master")
-    runtime.add_predict_arguments(parser)
+    serving.add_predict_arguments(parser)
     args = parser.parse_args(argv)
-    model = load_model(args.model, args.provider, app=app.name)
+    model = load_model(args.model, args.provider, app=app.name, session_config=serving.session_config)
     if args.engine == "spark":
         return _predict_spark(args)
     say_provider(model)
-    table, failures = runtime.predict(model, args)
-    if args.out:
-        write_table(args.out, table)
-        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
+    result = serving.predict(model, args)
+    if result.table is None:
+        pass  # the app wrote args.out itself
+    elif args.out:
+        write_table(args.out, result.table)
+        print(f"wrote {result.rows} rows to {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(table.write_csv())
-    if failures:
-        print(f"{failures} of {len(table)} inputs failed; see the error column", file=sys.stderr)
-    return 2 if failures and failures == len(table) else 0
+        sys.stdout.write(result.table.write_csv())
+    if result.message:
+        print(result.message, file=sys.stderr)
+    if result.failures:
+        print(f"{result.failures} of {result.rows} inputs failed; see the error column", file=sys.stderr)
+    return 2 if result.failures and result.failures == result.rows else 0
 
 
 def _predict_spark(args: argparse.Namespace) -> int:
-    inputs = getattr(args, "inputs", None) or []
+    inputs = args.inputs
     if len(inputs) != 1 or not args.out:
         raise ConfigError("--engine spark takes one Parquet input (file, folder or URL) and --out")
     import importlib.util
@@ -268,6 +276,14 @@ def _predict_spark(args: argparse.Namespace) -> int:
     rows = score_parquet(str(inputs[0]), args.out, args.model, args.spark_column, args.spark_master)
     print(f"wrote {rows} rows to {args.out}", file=sys.stderr)
     return 0
+
+
+def explain_parser(app: str, description: str, out_help: str, out_default: str) -> OneLineParser:
+    """The options every `deepapps <app> explain` shares: --ckpt and --out (the app adds its inputs)."""
+    parser = OneLineParser(prog=f"deepapps {app} explain", description=description, allow_abbrev=False)
+    parser.add_argument("--ckpt", required=True, help=f"Lightning checkpoint (.ckpt) of a {app} fit")
+    parser.add_argument("--out", default=out_default, help=f"{out_help} (default: {out_default})")
+    return parser
 
 
 # --- helpers -----------------------------------------------------------------------------

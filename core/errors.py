@@ -7,7 +7,7 @@ class DeepappsError(Exception):
     exit_code = 2
 
 
-class ConfigError(DeepappsError):
+class ConfigError(DeepappsError, ValueError):
     """An unknown or invalid configuration value."""
 
 

@@ -15,18 +15,19 @@ import onnx
 from onnx import TensorProto, compose, helper
 
 from deepapps.core import __version__
+from deepapps.core.contract import Classification, ModelContract, Provenance, TensorSpec, problem_type, write_model
 from deepapps.core.errors import ConfigError, ModelFileError
-from deepapps.core.runtime.io import atomic_write
 
 PIXELS, PROBABILITIES = "pixels", "probabilities"
+FAMILY = "image_classification"  # the apps whose models this makes
 
 
 def import_classifier(
     foreign: Path, out: Path, app: str, labels: list[str], size: int, mean: list[float], std: list[float],
     scale: float = 255.0, layout: str = "NCHW", outputs: str = "logits", crop_pct: float = 1.0,
     interpolation: str = "bilinear",
-) -> dict:
-    """Write `out`: the foreign classifier behind deepapps preprocessing, with metadata.
+) -> ModelContract:
+    """Write `out`: the foreign classifier behind deepapps preprocessing, with its contract.
 
     Args:
         foreign: ONNX classifier taking float pixels (N, 3, H, W) or (N, H, W, 3).
@@ -38,7 +39,7 @@ def import_classifier(
         crop_pct, interpolation: how predict resizes images before the graph.
 
     Returns:
-        The metadata written.
+        The contract written.
     """
     try:
         model = onnx.load(str(foreign))
@@ -60,24 +61,19 @@ def import_classifier(
     merged = compose.merge_models(merged, post, io_map=[(merged.graph.output[0].name, post.graph.input[0].name)])
     onnx.checker.check_model(merged)
     _check_outputs(merged, size, len(labels), foreign)
-    meta = {
-        "app": app, "family": "image_classification",
-        "task": "binary" if len(labels) == 2 else "multiclass", "labels": labels,
-        "inputs": [{"name": PIXELS, "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "NHWC"}],
-        "outputs": [{"name": PROBABILITIES, "dtype": "float32"}],
-        "preprocess": {"size": size, "crop_pct": crop_pct, "interpolation": interpolation, "channels": 3,
-                       "mean": mean, "std": std, "scale": scale, "layout": "NHWC", "dtype": "uint8",
-                       "in_graph": f"divide by {scale:g}, normalise with mean/std, NHWC->{layout}"},
-        "threshold": None, "metrics": {},
-        "train": {"imported_from": str(foreign), "foreign_outputs": outputs},
-        "version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "export": {"opset": opset, "imported": True},
-    }
-    from deepapps.core.export import set_metadata
-
-    set_metadata(merged, meta)
-    atomic_write(out, lambda tmp: onnx.save(merged, str(tmp)))
-    return meta
+    contract = ModelContract(
+        app=app, family=FAMILY, kind=Classification(labels, problem_type(len(labels), False)),
+        inputs=[TensorSpec(PIXELS, "uint8", ["batch", size, size, 3], "NHWC")],
+        outputs=[TensorSpec(PROBABILITIES, "float32")],
+        preprocess={"size": size, "crop_pct": crop_pct, "interpolation": interpolation, "channels": 3,
+                    "mean": mean, "std": std, "scale": scale, "layout": "NHWC", "dtype": "uint8",
+                    "in_graph": f"divide by {scale:g}, normalise with mean/std, NHWC->{layout}"},
+        train=Provenance(imported_from=str(foreign), extra={"foreign_outputs": outputs}),
+        version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        export={"opset": opset, "imported": True},
+    )
+    write_model(out, merged, contract)
+    return contract
 
 
 def _preprocessing(target: str, mean, std, scale, layout, opset, ir_version) -> onnx.ModelProto:
@@ -134,10 +130,12 @@ def _check_outputs(model: onnx.ModelProto, size: int, n_labels: int, foreign: Pa
 def main(argv: list[str]) -> int:
     """`deepapps import --app vision --onnx FOREIGN.onnx --labels a,b,c [options]`."""
     from deepapps.core.cli import OneLineParser
+    from deepapps.core.registry import discover_apps
 
     parser = OneLineParser(prog="deepapps import", allow_abbrev=False,
                            description="wrap a classifier exported by another framework into a deepapps model")
-    parser.add_argument("--app", default="vision", choices=["vision", "healthcare"])
+    parser.add_argument("--app", default="vision",
+                        choices=[name for name, spec in discover_apps().items() if spec.family == FAMILY])
     parser.add_argument("--onnx", required=True, type=Path, help="the foreign .onnx classifier")
     parser.add_argument("--labels", required=True, help="comma-separated class names, or @FILE with one per line")
     parser.add_argument("--size", type=int, default=224)

@@ -11,9 +11,18 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from deepapps.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepapps.core.runtime.interface import Serving
+    from deepapps.core.training.interface import Training
+
+
+def _load(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,7 @@ class AppCommand:
     target: str
 
     def load(self):
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _load(self.target)
 
 
 @dataclass(frozen=True)
@@ -42,22 +50,22 @@ class AppSpec:
     Attributes:
         name: CLI name, e.g. `vision`.
         help: one line shown by `deepapps --help`.
-        task: model family, e.g. `image_classification`; stored in the ONNX metadata.
+        family: the network family it trains, e.g. `image_classification` (`deepapps import`
+            wraps foreign image classifiers for the apps of that family).
         config_class: `module:Class` of the fit config dataclass (torch-free import).
         configs_dir: folder with `default.yaml` and `tiny.yaml`.
-        pipeline: module with the torch side: `build_datamodule(cfg)`, `build_network(cfg, dm)`.
-        runtime: torch-free module: `add_predict_arguments(p)`, `predict(model, args)`,
-            `evaluate(model, data_path, split)`.
+        training: `module:Class` of its core.training.interface.Training (the torch side).
+        serving: `module:Class` of its core.runtime.interface.Serving (torch-free).
         commands: extra commands of this app.
     """
 
     name: str
     help: str
-    task: str
+    family: str
     config_class: str
     configs_dir: Path
-    pipeline: str
-    runtime: str
+    training: str
+    serving: str
     commands: tuple[AppCommand, ...] = ()
 
     @property
@@ -65,14 +73,24 @@ class AppSpec:
         return self.configs_dir / "default.yaml"
 
     def load_config_class(self) -> type:
-        module, _, attr = self.config_class.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _load(self.config_class)
 
-    def load_pipeline(self) -> ModuleType:
-        return importlib.import_module(self.pipeline)
+    def load_training(self) -> Training:
+        from deepapps.core.training.interface import Training
 
-    def load_runtime(self) -> ModuleType:
-        return importlib.import_module(self.runtime)
+        return _instance(self, self.training, Training)
+
+    def load_serving(self) -> Serving:
+        from deepapps.core.runtime.interface import Serving
+
+        return _instance(self, self.serving, Serving)
+
+
+def _instance(app: AppSpec, target: str, interface: type):
+    cls = _load(target)
+    if not (isinstance(cls, type) and issubclass(cls, interface)):
+        raise TypeError(f"app {app.name}: {target} is not a {interface.__module__}.{interface.__name__}")
+    return cls()
 
 
 def discover_apps() -> dict[str, AppSpec]:

@@ -85,7 +85,7 @@ def _open(path: str):
     from deepapps.core.runtime.session import load_model
 
     model = load_model(path, provider="auto")
-    return model, get_app(model.app).load_runtime()
+    return model, get_app(model.app).load_serving()
 
 
 def _local_copy(path: str) -> str:

@@ -8,11 +8,11 @@ from deepapps.core.registry import AppCommand, AppSpec
 APP = AppSpec(
     name="healthcare",
     help="medical image (MedMNIST, PNG/JPEG, DICOM) and ECG signal classification: calibrated, thresholded ONNX models",
-    task="image_classification",
+    family="image_classification",
     config_class="deepapps.apps.healthcare.config:HealthcareFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="deepapps.apps.healthcare.pipeline",
-    runtime="deepapps.apps.healthcare.runtime",
+    training="deepapps.apps.healthcare.training:HealthcareTraining",
+    serving="deepapps.apps.healthcare.runtime:HealthcareServing",
     commands=(
         AppCommand("explain", "Grad-CAM heatmaps over input images from a checkpoint (torch)",
                    "deepapps.apps.healthcare.explain:main"),

@@ -16,18 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepapps.core.cli import OneLineParser
+from deepapps.core.cli import explain_parser
 from deepapps.core.errors import ConfigError, DataError
 from deepapps.core.registry import AppSpec
 from deepapps.core.runtime.io import atomic_write
 
 
-def parser() -> OneLineParser:
-    p = OneLineParser(prog="deepapps healthcare explain", allow_abbrev=False,
-                      description="Grad-CAM heatmaps overlaid on each input, from a checkpoint (torch)")
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) of a healthcare fit")
+def parser():
+    p = explain_parser("healthcare", "Grad-CAM heatmaps overlaid on each input, from a checkpoint (torch)",
+                       "output folder for the PNG files", "gradcam")
     p.add_argument("inputs", nargs="+", help="PNG/JPEG/DICOM files, folders, FILE.npz[:split]")
-    p.add_argument("--out", default="gradcam", help="output folder for the PNG files (default: gradcam/)")
     p.add_argument("--class", dest="target", default=None, help="class to explain (default: the predicted one)")
     p.add_argument("--layer", default=None, help="module of the backbone to explain (default: its last stage)")
     p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity over the image")
@@ -42,17 +40,18 @@ def main(app: AppSpec, argv: list[str]) -> int:
 
     from deepapps.apps.healthcare.data import list_inputs
     from deepapps.apps.healthcare.dicom import open_medical_image
+    from deepapps.apps.healthcare.runtime import decide_label
     from deepapps.core.runtime.images import to_model_input
-    from deepapps.core.training import checkpoint_app_config, load_checkpoint
+    from deepapps.core.training.checkpoints import shipped_model
 
     ckpt = Path(args.ckpt)
-    cfg = checkpoint_app_config(app, ckpt)
+    shipped = shipped_model(app, ckpt)
+    cfg, built = shipped.cfg, shipped.built
     if cfg.task != "image":
         raise ConfigError(f"--ckpt {ckpt}: an ECG signal model; Grad-CAM here explains image models only")
-    task, built = load_checkpoint(app, ckpt, cfg, with_data=False)
-    net, labels, spec = task.net.eval(), built.labels, _spec(built)
-    temperature, decide = calibration_of(ckpt, labels, built.multilabel)
-    served = built.export_module(temperature).eval()  # as exported: TTA and temperature included
+    net, labels, spec = shipped.module.net.eval(), built.labels, _spec(built)
+    decide = decide_label(shipped.served.kind, shipped.served.kind.threshold)
+    served = shipped.served.module  # as exported: TTA and temperature included
     if args.target is not None and args.target not in labels:
         raise ConfigError(f"--class {args.target}: not one of the labels {labels}")
     layer_name, layer = target_layer(net.backbone, args.layer)
@@ -89,19 +88,6 @@ def main(app: AppSpec, argv: list[str]) -> int:
     print(f"explained {len(items) - failures} of {len(items)} inputs with Grad-CAM on {layer_name}; PNGs in {out}",
           file=sys.stderr)
     return 2 if failures == len(items) else 0
-
-
-def calibration_of(ckpt: Path, labels: list[str], multilabel: bool):
-    """(temperature, probabilities -> label) as the run exported them (its metrics.json), so
-    explain labels an image as predict does; (1, argmax) for a checkpoint without a run."""
-    from deepapps.apps.healthcare.runtime import decide_label
-    from deepapps.core.tasks.classification import problem_type
-    from deepapps.core.training import run_metrics
-
-    post_fit = run_metrics(ckpt).get("post_fit", {})
-    positive = post_fit.get("clinical", {}).get("threshold", {}).get("positive_index", 1)
-    task = problem_type(len(labels), multilabel)
-    return post_fit.get("temperature", 1.0), decide_label(labels, task, post_fit.get("threshold"), positive)
 
 
 def target_layer(backbone, name: str | None):

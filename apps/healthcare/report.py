@@ -9,6 +9,7 @@ from deepapps.apps.healthcare.signals import ucr_set
 from deepapps.core.report.model_card import _table
 from deepapps.core.report.plots import confusion_matrix_plot, reliability_plot
 from deepapps.core.report.run_report import write_run_report
+from deepapps.core.training.interface import FitRun
 
 INTENDED_USE = (
     "**Research use only. This is not a medical device** and has not been cleared or approved by any "
@@ -17,7 +18,8 @@ INTENDED_USE = (
 )
 
 
-def write_healthcare_report(run_dir: Path, app, built, cfg, config_yaml: str, metrics: dict, evaluation) -> Path:
+def write_healthcare_report(run: FitRun) -> Path:
+    run_dir, built, cfg, metrics, evaluation = run.run_dir, run.built, run.cfg, run.metrics, run.evaluation
     test = evaluation.metrics
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
@@ -33,7 +35,7 @@ def write_healthcare_report(run_dir: Path, app, built, cfg, config_yaml: str, me
                                            plots_dir / "confusion_matrix_at_threshold.png"))
     clinical = metrics.get("post_fit", {}).get("clinical", {})
     labels = evaluation.labels
-    signal = getattr(cfg, "task", "image") == "signal"
+    signal = cfg.task == "signal"
     info = {
         "title": f"deepapps healthcare{' ECG' if signal else ''}: {cfg.model.backbone} on {cfg.data.path}",
         "intended_use": INTENDED_USE.format(what=", ".join(labels)),
@@ -52,7 +54,7 @@ def write_healthcare_report(run_dir: Path, app, built, cfg, config_yaml: str, me
                          "front end (in the graph)": "; ".join(built.preprocess["in_graph"]) or "none",
                          "input": f"float32 (batch, {built.preprocess['length']}) at a nominal "
                                   f"{built.preprocess['sample_rate_hz']:g} Hz"}
-    return write_run_report(run_dir, app, built, cfg, config_yaml, metrics, evaluation, info=info, extra_plots=extra)
+    return write_run_report(run, info=info, extra_plots=extra)
 
 
 def signal_section(test: dict, built) -> str:

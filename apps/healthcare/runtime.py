@@ -18,11 +18,13 @@ from deepapps.apps.healthcare import signal_runtime
 from deepapps.apps.healthcare.clinical import operating_point, per_class_specificity
 from deepapps.apps.healthcare.data import MedicalDataSettings, list_inputs, open_medical_source
 from deepapps.apps.healthcare.dicom import is_dicom, open_medical_image, read_dicom
+from deepapps.core.contract import Classification
 from deepapps.core.errors import ConfigError, DataError
 from deepapps.core.runtime import image_classification
-from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation
 from deepapps.core.runtime.image_classification import score_images
 from deepapps.core.runtime.images import ImageSpec, to_model_input
+from deepapps.core.runtime.interface import Predictions, Serving
 from deepapps.core.runtime.session import OnnxModel
 
 
@@ -43,14 +45,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ECG CSV/Parquet: a column reported as the row id (not a sample)")
 
 
-def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
+def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
     """One row per input: path, label at the threshold, a probability per class, error."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold {args.threshold}: a probability between 0 and 1")
-    if signal_runtime.is_signal_model(model.meta):
+    if signal_runtime.is_signal_model(model):
         return signal_runtime.predict(model, args, decision(model, args.threshold))
-    spec = ImageSpec.from_meta(model.meta["preprocess"])
-    dicom = model.meta["preprocess"].get("dicom") or {}
+    spec = ImageSpec.from_meta(model.contract.preprocess)
+    dicom = model.contract.preprocess.get("dicom") or {}
     center = args.window_center if args.window_center is not None else dicom.get("window_center")
     width = args.window_width if args.window_width is not None else dicom.get("window_width")
     items = list_inputs(args.inputs, lambda path: open_medical_image(path, spec.channels, center, width))
@@ -76,19 +78,19 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
         rows += out
     schema = {"path": pl.String, "label": pl.String} | {f"p_{n}": pl.Float64 for n in model.labels} | {"error": pl.String}
     table = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
-    return table, sum(1 for r in rows if r["error"])
+    return Predictions.of(table, sum(1 for r in rows if r["error"]))
 
 
 def decision(model: OnnxModel, override: float | None = None):
     """probabilities -> label, by the model's stored threshold (or `override`); see `decide_label`."""
-    threshold = override if override is not None else model.meta.get("threshold")
-    positive = (model.meta.get("clinical") or {}).get("threshold", {}).get("positive_index", 1)
-    return decide_label(model.labels, model.meta["task"], threshold, positive)
+    kind = model.contract.classification
+    return decide_label(kind, override if override is not None else kind.threshold)
 
 
-def decide_label(labels: list[str], task: str, threshold, positive: int = 1):
+def decide_label(kind: Classification, threshold):
     """probabilities -> label: the positive class when its probability reaches the threshold
     (binary), the labels over their thresholds (multi-label, `;`-joined), else the most probable."""
+    labels, task, positive = kind.labels, kind.problem, kind.positive_index
     if task == "binary" and threshold is not None:
         return lambda p: labels[positive] if p[positive] >= threshold else labels[1 - positive]
     if task == "multilabel":
@@ -103,7 +105,7 @@ def decide_label(labels: list[str], task: str, threshold, positive: int = 1):
 def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
     """A request item (`{"image": "<base64>"}` or uploaded bytes; PNG/JPEG/DICOM) -> model pixels;
     for an ECG model `{"signal": [numbers]}` -> float32 samples."""
-    if signal_runtime.is_signal_model(model.meta):
+    if signal_runtime.is_signal_model(model):
         return signal_runtime.decode_item(model, item)
     raw = item
     if isinstance(item, dict) and isinstance(item.get("image"), str):
@@ -112,8 +114,8 @@ def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
         except (binascii.Error, ValueError):
             raw = None  # the vision adapter says what is wrong
     if isinstance(raw, bytes) and is_dicom(raw):
-        spec = ImageSpec.from_meta(model.meta["preprocess"])
-        dicom = model.meta["preprocess"].get("dicom") or {}
+        spec = ImageSpec.from_meta(model.contract.preprocess)
+        dicom = model.contract.preprocess.get("dicom") or {}
         grey = read_dicom(raw, dicom.get("window_center"), dicom.get("window_width"))
         return to_model_input(Image.fromarray(grey), spec)
     return image_classification.decode_item(model, item)
@@ -122,21 +124,21 @@ def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
 def run_items(model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
     """One ONNX Runtime call for a micro-batch; each label decided at the stored threshold."""
     decide = decision(model)
-    if signal_runtime.is_signal_model(model.meta):
+    if signal_runtime.is_signal_model(model):
         return signal_runtime.run_items(model, items, decide)
     probs = score_images(model, items, batch_size=max(1, len(items)))
-    return [{"label": decide(p), "threshold": model.meta.get("threshold"),
+    return [{"label": decide(p), "threshold": model.contract.classification.threshold,
              "probabilities": {name: round(float(v), 6) for name, v in zip(model.labels, p)}} for p in probs]
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> ClassificationEvaluation:
     """MedMNIST protocol (ACC at argmax, AUC one-vs-rest macro, per class) on `split`, plus
     sensitivity/specificity at the stored threshold, per-class specificity, ECE and Brier.
     ECG models add balanced accuracy (signal_runtime.evaluate)."""
-    if signal_runtime.is_signal_model(model.meta):
+    if signal_runtime.is_signal_model(model):
         evaluation = signal_runtime.evaluate(model, data_path, split)
     else:
-        settings = MedicalDataSettings.from_dict(model.meta.get("train", {}).get("data_config", {}))
+        settings = MedicalDataSettings.from_dict(model.contract.train.data_config)
         evaluation = image_classification.evaluate(
             model, data_path, split, batch_size, open_source=lambda path: open_medical_source(path, settings),
         )
@@ -145,9 +147,9 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     metrics, targets, probs, task = evaluation.metrics, evaluation.targets, evaluation.probs, evaluation.problem
     calibration = calibration_metrics(task, targets, probs)
     metrics |= {"ece": calibration["ece"], "brier": calibration["brier"], "reliability": calibration["bins"]}
-    threshold = model.meta.get("threshold")
+    threshold = model.contract.classification.threshold
     if task == "binary" and threshold is not None:
-        k = (model.meta.get("clinical") or {}).get("threshold", {}).get("positive_index", 1)
+        k = model.contract.classification.positive_index
         point = operating_point(targets == k, probs[:, k], threshold)
         metrics |= {"sensitivity": point["sensitivity"], "specificity": point["specificity"],
                     "at_threshold": point | {"positive_label": model.labels[k]}}
@@ -161,3 +163,22 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
             metrics["per_class"][name]["specificity"] = value
     return evaluation
 
+
+
+class HealthcareServing(Serving):
+    """Medical images (PNG/JPEG/DICOM/.npz) and ECG signals, labelled at the stored threshold."""
+
+    def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_predict_arguments(parser)
+
+    def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
+        return predict(model, args)
+
+    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
+        return evaluate(model, data_path, split)
+
+    def decode_item(self, model: OnnxModel, item: dict | bytes) -> np.ndarray:
+        return decode_item(model, item)
+
+    def run_items(self, model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
+        return run_items(model, items)

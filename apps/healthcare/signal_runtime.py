@@ -13,28 +13,31 @@ import polars as pl
 
 from deepapps.apps.healthcare.signals import SignalRow, SignalSettings, open_signal_source, read_signal_rows, signal_error
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.interface import Predictions
 from deepapps.core.runtime.session import OnnxModel
 
+FAMILY = "signal_classification"
 
-def is_signal_model(meta: dict) -> bool:
-    """Whether a healthcare model is the ECG (signal) kind: the model says so in its metadata."""
-    return meta.get("family") == "signal_classification" or (meta.get("preprocess") or {}).get("kind") == "signal"
+
+def is_signal_model(model: OnnxModel) -> bool:
+    """Whether a healthcare model is the ECG (signal) kind: its contract's family says so."""
+    return model.contract.family == FAMILY
 
 
 def signal_length(model: OnnxModel) -> int:
-    return int(model.meta["preprocess"]["length"])
+    return int(model.contract.preprocess["length"])
 
 
 def score_signals(model: OnnxModel, signals: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Probabilities (N, K) for (N, L) signals."""
-    name = model.meta["inputs"][0]["name"]
+    name = model.contract.inputs[0].name
     signals = np.ascontiguousarray(signals, dtype=np.float32)
     out = [model.run({name: signals[i: i + batch_size]}) for i in range(0, len(signals), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
 
 
-def predict(model: OnnxModel, args: argparse.Namespace, decide) -> tuple[pl.DataFrame, int]:
+def predict(model: OnnxModel, args: argparse.Namespace, decide) -> Predictions:
     """One row per signal: path, row, id, label (at the stored threshold), p_<class>, error.
 
     A row of the wrong length or with NaN becomes an error row; a missing or unreadable file
@@ -44,7 +47,7 @@ def predict(model: OnnxModel, args: argparse.Namespace, decide) -> tuple[pl.Data
         DataError: no input holds a single usable signal (one line; exit 2).
     """
     length = signal_length(model)
-    label_column = args.label_column or (model.meta["preprocess"].get("label_column") or "label")
+    label_column = args.label_column or (model.contract.preprocess.get("label_column") or "label")
     rows: list[SignalRow] = []
     for path in args.inputs:
         try:
@@ -72,17 +75,17 @@ def predict(model: OnnxModel, args: argparse.Namespace, decide) -> tuple[pl.Data
     if failures:
         more = f" (and {failures - 1} more)" if failures > 1 else ""
         print(f"error: {next(r.error for r in rows if r.error)}{more}", file=sys.stderr)
-    return pl.DataFrame([{k: r.get(k) for k in schema} for r in table], schema=schema), failures
+    return Predictions.of(pl.DataFrame([{k: r.get(k) for k in schema} for r in table], schema=schema), failures)
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> Evaluation:
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ClassificationEvaluation:
     """Accuracy, macro-F1, balanced accuracy, AUC, per-class and the confusion matrix on `split`,
     re-split from the file exactly as fit did (settings and class names from the model)."""
     from deepapps.core.metrics import classification_metrics
 
-    meta = model.meta
-    settings = SignalSettings.from_dict(meta.get("train", {}).get("data_config", {}))
-    source = open_signal_source(data_path, settings, meta["preprocess"].get("label_values"), model.labels)
+    contract = model.contract
+    settings = SignalSettings.from_dict(contract.train.data_config)
+    source = open_signal_source(data_path, settings, contract.preprocess.get("label_values"), model.labels)
     if source.length != signal_length(model):
         raise DataError(f"{data_path}: {source.length} samples per signal, the model takes {signal_length(model)}")
     if split not in source.splits:
@@ -90,8 +93,8 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     indices = source.splits[split]
     probs = score_signals(model, source.signals[indices], batch_size)
     targets = source.targets[indices]
-    metrics = {"split": split, "data": data_path} | classification_metrics(meta["task"], targets, probs, model.labels)
-    return Evaluation(metrics, targets, probs, model.labels, meta["task"])
+    metrics = {"split": split, "data": data_path} | classification_metrics(contract.task, targets, probs, model.labels)
+    return ClassificationEvaluation(metrics, targets, probs, model.labels, contract.task)
 
 
 # --- HTTP serving adapter: {"signal": [floats]} -------------------------------------------------
@@ -114,5 +117,5 @@ def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
 
 def run_items(model: OnnxModel, items: list[np.ndarray], decide) -> list[dict]:
     probs = score_signals(model, np.stack(items), batch_size=max(1, len(items)))
-    return [{"label": decide(p), "threshold": model.meta.get("threshold"),
+    return [{"label": decide(p), "threshold": model.contract.classification.threshold,
              "probabilities": {name: round(float(v), 6) for name, v in zip(model.labels, p)}} for p in probs]

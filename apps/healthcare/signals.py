@@ -25,7 +25,9 @@ import numpy as np
 import polars as pl
 
 from deepapps.apps.healthcare.synthetic import ECG_LABELS, ECG_NAME, synthetic_ecg
-from deepapps.core.data.image_sources import SplitSettings, stratified_splits
+from deepapps.core.data.image_sources import SplitSettings
+from deepapps.core.data.splits import stratified_split
+from deepapps.core.data.tables import read_table
 from deepapps.core.errors import DataError
 
 UCR_EXTENSIONS = (".txt", ".tsv")
@@ -131,8 +133,8 @@ def open_signal_source(path: str, settings: SignalSettings | None = None,
         raise DataError(f"{path}: only one class ({raw[0]!r}); a classifier needs at least two")
     index = {name: i for i, name in enumerate(labels)}
     targets = np.asarray([index[label_values[v]] for v in raw], dtype=np.int64)
-    splits = stratified_splits(targets, settings.split)
     s = settings.split
+    splits = stratified_split(targets, s.val_fraction, s.test_fraction, s.seed)
     notes = [f"{len(targets)} signals of {signals.shape[1]} samples; no given splits: stratified "
              f"{1 - s.val_fraction - s.test_fraction:.0%}/{s.val_fraction:.0%}/{s.test_fraction:.0%} "
              f"train/val/test, seed {s.seed} (classes with fewer than 3 signals stay in train)"]
@@ -234,12 +236,7 @@ def _ucr_rows(file: Path, labelled: bool | None, length: int | None) -> list[Sig
 
 
 def _table_rows(file: Path, label_column: str, labelled: bool | None, id_column: str | None) -> list[SignalRow]:
-    try:
-        frame = pl.read_parquet(file) if file.suffix.lower() == ".parquet" else pl.read_csv(
-            file, infer_schema_length=None, null_values=["", "NA", "NaN", "nan"])
-    except Exception as exc:  # polars raises several types for malformed files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{file}: not a readable table ({first[:120]})") from None
+    frame = read_table(file, infer_rows=None, null_values=["", "NA", "NaN", "nan"])
     if labelled and label_column not in frame.columns:
         raise DataError(f"{file}: no label column {label_column!r} (columns: {', '.join(frame.columns[:8])}); "
                         "set --data.label_column")

@@ -7,11 +7,11 @@ from deepapps.core.registry import AppCommand, AppSpec
 APP = AppSpec(
     name="nlp",
     help="text classification (sentiment): fine-tune a transformer, export ONNX fp32/int8, predict with tokenizers",
-    task="text_classification",
+    family="text_classification",
     config_class="deepapps.apps.nlp.config:NlpFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="deepapps.apps.nlp.pipeline",
-    runtime="deepapps.apps.nlp.runtime",
+    training="deepapps.apps.nlp.training:NlpTraining",
+    serving="deepapps.apps.nlp.runtime:NlpServing",
     commands=(
         AppCommand("quantize", "dynamic int8 copy of an nlp ONNX model, with its accuracy change measured",
                    "deepapps.apps.nlp.quantize:main"),

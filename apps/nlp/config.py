@@ -56,10 +56,6 @@ class TextModelConfig:
     unfreeze_lr_ratio: float = 1.0
     """Encoder learning rate after unfreezing, as a share of the head's."""
 
-    @property
-    def backbone(self) -> str:
-        return self.pretrained
-
 
 @dataclass
 class TextOptimConfig:

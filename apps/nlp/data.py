@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from deepapps.apps.nlp.config import TextDataConfig
-from deepapps.apps.nlp.table import read_labelled, stratified_split
+from deepapps.apps.nlp.table import read_labelled
 from deepapps.apps.nlp.tokens import encode, load_tokenizer, pad
+from deepapps.core.data.class_weights import class_weights
+from deepapps.core.data.splits import stratified_split
 
 log = logging.getLogger("deepapps.nlp")
 
@@ -75,12 +77,8 @@ class TextDataModule(L.LightningDataModule):
                 "notes": self.notes}
 
     def class_weights(self, mode: str | None) -> list[float] | None:
-        if not mode:
-            return None
-        if mode == "balanced":
-            counts = np.bincount(self.targets[self.splits["train"]], minlength=len(self.labels)).astype(float)
-            return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
-        return [float(w) for w in mode.split(",")]
+        """None, `balanced`, `sqrt` or explicit comma-separated weights (core.data.class_weights)."""
+        return class_weights(mode, np.bincount(self.targets[self.splits["train"]], minlength=len(self.labels)))
 
     def collate(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, mask = pad([self.ids[r] for r in rows], self.pad_id)

@@ -93,24 +93,20 @@ def to_html(explanations: list[Explanation], method: str) -> str:
 
 
 def main(app, argv: list[str]) -> int:
-    from deepapps.core.cli import OneLineParser
+    from deepapps.core.cli import explain_parser
     from deepapps.core.errors import DataError
     from deepapps.core.runtime.io import write_text
-    from deepapps.core.training import checkpoint_app_config, load_checkpoint
+    from deepapps.core.training.checkpoints import shipped_model
 
-    parser = OneLineParser(prog="deepapps nlp explain", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an nlp run (.ckpt)")
+    parser = explain_parser("nlp", __doc__.splitlines()[0], "HTML file to write", "explain.html")
     parser.add_argument("--text", action="append", required=True, help="text to explain (repeat for several)")
     parser.add_argument("--method", default="ig", choices=["ig", "gxi"], help="integrated gradients or grad x input")
     parser.add_argument("--steps", type=int, default=32, help="integration steps (ig)")
-    parser.add_argument("--out", default="explain.html", help="HTML file to write")
     args = parser.parse_args(argv)
     if any(not t.strip() for t in args.text):
         raise DataError("--text: empty text")
-    ckpt = Path(args.ckpt)
-    cfg = checkpoint_app_config(app, ckpt)
-    task, built = load_checkpoint(app, ckpt, cfg, with_data=False)
-    explanations = explain_texts(task, built.preprocess, args.text, args.method, args.steps)
+    shipped = shipped_model(app, Path(args.ckpt))
+    explanations = explain_texts(shipped.module, shipped.built.preprocess, args.text, args.method, args.steps)
     colour = sys.stdout.isatty()
     for e in explanations:
         print(terminal(e) if colour else f"{e.label} ({e.probability:.3f}): " + " ".join(

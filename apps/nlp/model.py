@@ -1,4 +1,5 @@
-"""Text classifier: HF encoder -> pooled hidden state -> dropout -> linear logits."""
+"""Text classifier: HF encoder -> pooled hidden state -> dropout -> linear logits; encoders by hub
+name, local folder or pip package."""
 
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ def load_encoder(name: str, weights: bool = True):
     """(encoder, tokenizer, where): pretrained weights, or the architecture only (checkpoints)."""
     from transformers import AutoConfig, AutoModel
 
-    from deepapps.core.models.text_encoders import create_text_encoder
-
     path = resolve_pretrained(name)
     if weights:
         return create_text_encoder(path)
@@ -42,6 +41,36 @@ def load_encoder(name: str, weights: bool = True):
     except OSError as exc:
         raise ConfigError(f"--model.pretrained {name}: cannot load ({str(exc).splitlines()[0]})") from None
     return AutoModel.from_config(config), tokenizer, f"architecture of {path} (weights from the checkpoint)"
+
+
+def create_text_encoder(name_or_path: str, num_labels: int | None = None):
+    """Load a transformers encoder and its fast tokenizer.
+
+    Args:
+        name_or_path: hub name (needs network, e.g. `distilbert-base-uncased`) or a local
+            folder with config.json, weights and tokenizer files (works offline).
+        num_labels: None for the bare encoder (AutoModel); else a sequence classifier
+            (AutoModelForSequenceClassification) whose new head has that many outputs.
+
+    Returns:
+        (model, tokenizer, one-line description of where the weights came from).
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    local = Path(name_or_path)
+    if local.exists() and not (local / "config.json").is_file():
+        raise ConfigError(f"--model.pretrained {name_or_path}: folder has no config.json")
+    kwargs = {"local_files_only": True} if local.exists() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, **kwargs)
+        if num_labels is None:
+            model = AutoModel.from_pretrained(name_or_path, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"--model.pretrained {name_or_path}: cannot load ({str(exc).splitlines()[0]})") from None
+    where = f"folder {local}" if local.exists() else f"Hugging Face hub {name_or_path}"
+    return model, tokenizer, where
 
 
 class TextClassifier(nn.Module):

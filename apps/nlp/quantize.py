@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from deepapps.core.contract import copy_with_metadata, read_metadata
 from deepapps.core.runtime.io import atomic_write, write_json
 
 log = logging.getLogger("deepapps.nlp")
@@ -24,9 +25,8 @@ def quantize(src: Path, out: Path) -> Path:
     """int8 weights for MatMul/Gemm (activations quantized on the fly); metadata kept."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from deepapps.core.runtime.session import METADATA_KEY
-
     src, out = Path(src), Path(out)
+    original = read_metadata(src)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "model.int8.onnx"
         root = logging.getLogger()
@@ -36,13 +36,9 @@ def quantize(src: Path, out: Path) -> Path:
         finally:
             root.setLevel(level)
         proto = onnx.load(str(staged))
-    meta = json.loads(next(p.value for p in onnx.load(str(src), load_external_data=False).metadata_props
-                           if p.key == METADATA_KEY))
-    meta["export"] = meta.get("export", {}) | {"precision": "int8 (dynamic, per-channel weights)"}
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-    return atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
+    precision = {"precision": "int8 (dynamic, per-channel weights)"}
+    return copy_with_metadata(proto, out, original, lambda meta: meta | {"export": meta.get("export", {}) | precision},
+                              check=False)  # the checker does not know ONNX Runtime's quantized kernels
 
 
 def _latency_ms(model, n: int = 20) -> float:
@@ -71,7 +67,7 @@ def quantize_and_measure(src: Path, out: Path, data_path: str | None = None, spl
     from deepapps.core.runtime.session import load_model
 
     fp32 = load_model(src, provider="cpu", app="nlp")  # first: a missing file or another app's model stops here
-    data_path = data_path or fp32.meta.get("train", {}).get("data_config", {}).get("path")
+    data_path = data_path or fp32.contract.train.data_config.get("path")
     before = fp32_metrics or evaluate(fp32, data_path, split).metrics  # bad data or split: stop before writing
     quantize(src, out)
     int8 = load_model(out, provider="cpu", app="nlp")

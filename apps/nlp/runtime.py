@@ -11,23 +11,26 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from deepapps.apps.nlp.table import read_frame, read_labelled, stratified_split
+from deepapps.apps.nlp.table import read_frame, read_labelled
 from deepapps.apps.nlp.tokens import encode, load_tokenizer, pad
+from deepapps.core.data.splits import stratified_split
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.image_classification import Evaluation, prediction
+from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.image_classification import prediction
+from deepapps.core.runtime.interface import Predictions, Serving
 from deepapps.core.runtime.session import OnnxModel
 
 log = logging.getLogger("deepapps.nlp")
 
 
 def tokenizer_of(model: OnnxModel):
-    pre = model.meta["preprocess"]
+    pre = model.contract.preprocess
     return load_tokenizer(pre["tokenizer_json"], int(pre["max_length"]))
 
 
 def score_ids(model: OnnxModel, seqs: list[list[int]], batch_size: int = 32) -> np.ndarray:
     """Probabilities (N, K) for token-id sequences; batched by length to pad little."""
-    pad_id = int(model.meta["preprocess"]["pad_id"])
+    pad_id = int(model.contract.preprocess["pad_id"])
     order = np.argsort([len(s) for s in seqs], kind="stable")
     probs = np.zeros((len(seqs), len(model.labels)), np.float32)
     for start in range(0, len(seqs), batch_size):
@@ -76,7 +79,7 @@ def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
     return items
 
 
-def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
+def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
     """Score every text; empty or undecodable ones become error rows. Returns (table, failures)."""
     items = read_inputs(args)
     rows = []
@@ -87,7 +90,7 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
     ok = [i for i, r in enumerate(rows) if not r["error"]]
     probs, truncated = score_texts(model, [rows[i]["text"] for i in ok], args.batch_size)
     if truncated:
-        print(f"warning: {truncated} texts longer than {model.meta['preprocess']['max_length']} tokens "
+        print(f"warning: {truncated} texts longer than {model.contract.preprocess['max_length']} tokens "
               "were truncated", file=sys.stderr)
     for i, p in zip(ok, probs):
         top = int(np.argmax(p))
@@ -99,22 +102,25 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
     schema = {"source": pl.String, "text": pl.String, "label": pl.String, "probability": pl.Float64}
     schema |= {f"p_{name}": pl.Float64 for name in model.labels} | {"error": pl.String}
     table = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
-    return table, sum(1 for r in rows if r["error"])
+    return Predictions.of(table, sum(1 for r in rows if r["error"]))
 
 
 # --- evaluate ------------------------------------------------------------------------------
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> Evaluation:
+def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> ClassificationEvaluation:
     """Metrics of the ONNX model on `split` of the data, carved exactly as in fit."""
     from deepapps.core.metrics import classification_metrics
 
-    cfg = model.meta.get("train", {}).get("data_config", {})
+    cfg = model.contract.train.data_config
     table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),
                           cfg.get("label_names"), labels=model.labels)
     if split == "all":
         rows = np.arange(len(table.texts))
     else:
+        if model.contract.schema_version < 2:
+            print(f"warning: {model.path} was made by deepapps 0.1, which carved text splits another way; "
+                  f"its {split} rows are re-carved by today's rule and may include rows it trained on", file=sys.stderr)
         splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
                                   cfg.get("split_seed", 0))
         if split not in splits:
@@ -124,9 +130,9 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
         raise DataError(f"{data_path}: the {split} split is empty")
     probs, _ = score_texts(model, [table.texts[i] for i in rows], batch_size)
     targets = table.targets[rows]
-    metrics = {"split": split, "data": data_path} | classification_metrics(model.meta["task"], targets, probs,
-                                                                           model.labels)
-    return Evaluation(metrics, targets, probs, model.labels, model.meta["task"])
+    problem = model.contract.task
+    metrics = {"split": split, "data": data_path} | classification_metrics(problem, targets, probs, model.labels)
+    return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
 
 
 # --- HTTP serving adapter (core.serving) ---------------------------------------------------
@@ -143,6 +149,8 @@ def decode_item(model: OnnxModel, item: dict | bytes) -> list[int]:
             item = {"text": bytes(item).decode("utf-8")}
         except UnicodeDecodeError:
             raise DataError("text: not UTF-8") from None
+    if isinstance(item, str):  # a Spark column of texts
+        item = {"text": item}
     if not isinstance(item, dict) or set(item) != {"text"} or not isinstance(item["text"], str):
         raise DataError(f"expected {{\"text\": \"...\"}}, got {sorted(item) if isinstance(item, dict) else type(item).__name__}")
     if not item["text"].strip():
@@ -154,3 +162,24 @@ def run_items(model: OnnxModel, items: list[list[int]]) -> list[dict]:
     """One ONNX Runtime call for a micro-batch: items of different lengths padded together."""
     probs = score_ids(model, items, batch_size=max(1, len(items)))
     return [prediction(p, model) for p in probs]
+
+
+class NlpServing(Serving):
+    """Texts from --text, text files (a line each) or tables; tokenised with `tokenizers` only."""
+
+    spark_column = "text"
+
+    def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_predict_arguments(parser)
+
+    def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
+        return predict(model, args)
+
+    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
+        return evaluate(model, data_path, split)
+
+    def decode_item(self, model: OnnxModel, item: dict | bytes | str) -> list[int]:
+        return decode_item(model, item)
+
+    def run_items(self, model: OnnxModel, items: list[list[int]]) -> list[dict]:
+        return run_items(model, items)

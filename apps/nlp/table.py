@@ -1,18 +1,18 @@
-"""Labelled text tables, torch-free: read (polars), map labels, carve the stratified splits.
+"""Labelled text tables, torch-free: read them, map labels to classes.
 
-Shared by training (apps.nlp.data) and `evaluate` (apps.nlp.runtime), so both see the same
-test rows for the same file and split settings.
+Shared by training (apps.nlp.data) and `evaluate` (apps.nlp.runtime), which split them with
+core.data.splits and the same settings, so both see the same test rows.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from deepapps.core.data.tables import read_table
 from deepapps.core.errors import DataError
 
 log = logging.getLogger("deepapps.nlp")
@@ -31,33 +31,10 @@ class TextTable:
 
 
 def read_frame(path: str, columns: list[str] | None = None) -> pl.DataFrame:
-    """A CSV/TSV/Parquet/JSONL file as a polars frame; TSV is read with quoting off (SST-2)."""
+    """A CSV/TSV/Parquet/JSONL file (core.data.tables), or the builtin reviews."""
     if path == BUILTIN:
         return builtin_reviews()
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"{path}: no such file")
-    suffix = file.suffix.lower()
-    try:
-        if suffix == ".tsv":
-            frame = pl.read_csv(file, separator="\t", quote_char=None, infer_schema_length=10000)
-        elif suffix in (".csv", ".txt"):
-            frame = pl.read_csv(file, infer_schema_length=10000)
-        elif suffix == ".parquet":
-            frame = pl.read_parquet(file)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            frame = pl.read_ndjson(file)
-        else:
-            raise DataError(f"{path}: unsupported table type {suffix!r}; use .csv, .tsv, .parquet or .jsonl")
-    except DataError:
-        raise
-    except Exception as exc:  # polars raises several types (ComputeError for bad UTF-8, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read ({first[:160]})") from None
-    missing = [c for c in columns or [] if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: no column {missing[0]!r}; columns are {frame.columns}")
-    return frame
+    return read_table(path, columns)
 
 
 def read_labelled(path: str, text_column: str, label_column: str, label_names: list[str] | None = None,
@@ -109,21 +86,6 @@ def read_labelled(path: str, text_column: str, label_column: str, label_names: l
     index = {name: i for i, name in enumerate(labels)}
     targets = np.array([index[n] for n in names], dtype=np.int64)
     return TextTable(texts, targets, labels, path, notes)
-
-
-def stratified_split(targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Train/val/test row indices, the same share of every class in each (sorted, reproducible)."""
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DataError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must lie in [0, 1)")
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for k in np.unique(targets):
-        rows = rng.permutation(np.flatnonzero(targets == k))
-        n_test, n_val = round(len(rows) * test_fraction), round(len(rows) * val_fraction)
-        parts["test"].append(rows[:n_test])
-        parts["val"].append(rows[n_test : n_test + n_val])
-        parts["train"].append(rows[n_test + n_val :])
-    return {name: np.sort(np.concatenate(p)).astype(np.int64) for name, p in parts.items()}
 
 
 _GOOD = ["great", "excellent", "wonderful", "sturdy", "reliable", "comfortable", "fantastic", "perfect", "lovely", "superb"]

@@ -1,4 +1,8 @@
-"""Vision app: fine-tune any timm backbone on an image folder, manifest or .npz."""
+"""Vision app: fine-tune any timm backbone on an image folder, manifest or .npz.
+
+The image classification family it trains is shared with healthcare, so it lives in the core
+(core.training.image_family, core.runtime.image_classification); this folder holds the configs.
+"""
 
 from pathlib import Path
 
@@ -7,9 +11,9 @@ from deepapps.core.registry import AppSpec
 APP = AppSpec(
     name="vision",
     help="general image classification: fine-tune a timm backbone, export ONNX, predict images",
-    task="image_classification",
+    family="image_classification",
     config_class="deepapps.core.config:ImageFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="deepapps.core.pipelines.image_classification",
-    runtime="deepapps.core.runtime.image_classification",
+    training="deepapps.core.training.image_family:ImageTraining",
+    serving="deepapps.core.runtime.image_classification:ImageServing",
 )

@@ -1,1 +1,1 @@
-"""Data: torch-free indexing (image_sources) and Lightning DataModules (images)."""
+"""Data shared by fit and serve, torch-free: tables, splits, image indexing, class weights."""

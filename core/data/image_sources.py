@@ -23,10 +23,13 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from deepapps.core.data.splits import carve, check_splits, stratified_split
+from deepapps.core.data.tables import read_table
 from deepapps.core.errors import DataError
 from deepapps.core.runtime.images import IMAGE_EXTENSIONS, open_image
 
 SPLITS = ("train", "val", "test")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -100,7 +103,7 @@ def open_image_source(
             source = _folder(p, reader, extensions)
         elif p.suffix.lower() == ".npz":
             source = _npz(p)
-        elif p.suffix.lower() in (".csv", ".parquet", ".tsv"):
+        elif p.suffix.lower() in MANIFEST_SUFFIXES:
             source = _manifest(p, path_column, label_column, group_column, reader)
         else:
             raise DataError(f"{path}: expected an image folder, a .csv/.parquet manifest or a .npz")
@@ -159,12 +162,7 @@ def _class_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -
 
 def _manifest(path: Path, path_column: str, label_column: str, group_column: str | None = None,
               reader: Callable[[str], Image.Image] = open_image) -> ImageSource:
-    try:
-        table = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(
-            path, separator="\t" if path.suffix.lower() == ".tsv" else ",", infer_schema_length=0
-        )
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from None
+    table = read_table(path, all_strings=True)
     for column in (path_column, label_column):
         if column not in table.columns:
             raise DataError(f"{path}: manifest has no {column!r} column (has {table.columns})")
@@ -282,7 +280,7 @@ def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
         _complete_group_splits(source, settings, rng)
         return
     if not s:
-        s.update(stratified_splits(source.targets, settings))
+        s.update(stratified_split(source.targets, settings.val_fraction, settings.test_fraction, settings.seed))
         source.notes.append(
             f"no given splits: stratified {1 - settings.val_fraction - settings.test_fraction:.0%}"
             f"/{settings.val_fraction:.0%}/{settings.test_fraction:.0%} train/val/test, seed {settings.seed}"
@@ -291,25 +289,10 @@ def _complete_splits(source: ImageSource, settings: SplitSettings) -> None:
         if "test" not in s:
             s["test"] = s.pop("val")
             source.notes.append("the given val split is used as the untouched test split")
-        s["train"], s["val"] = _stratified(s["train"], source.targets, settings.val_fraction, rng)
+        s["train"], s["val"] = carve(s["train"], source.targets, settings.val_fraction, rng)
         source.notes.append(
             f"validation: stratified {settings.val_fraction:.0%} of train, seed {settings.seed}"
         )
-
-
-def stratified_splits(targets: np.ndarray, settings: SplitSettings) -> dict[str, np.ndarray]:
-    """train/val/test indices: `test_fraction` of each class, then `val_fraction` (of all), seeded."""
-    rng = np.random.default_rng(settings.seed)
-    rest, test = _stratified(np.arange(len(targets)), targets, settings.test_fraction, rng)
-    train, val = _stratified(rest, targets, settings.val_fraction / (1 - settings.test_fraction), rng)
-    return {"train": train, "val": val, "test": test}
-
-
-def check_splits(splits: dict[str, np.ndarray], path: str | Path) -> None:
-    """Every split must hold at least one item: fit validates and tests on them."""
-    for name in SPLITS:
-        if len(splits[name]) == 0:
-            raise DataError(f"{path}: the {name} split is empty; the dataset is too small")
 
 
 def _complete_group_splits(source: ImageSource, settings: SplitSettings, rng: np.random.Generator) -> None:
@@ -317,16 +300,16 @@ def _complete_group_splits(source: ImageSource, settings: SplitSettings, rng: np
     s, groups = source.splits, source.groups
     if not s:
         s["train"] = np.arange(len(source.refs))
-        carve = [("test", settings.test_fraction), ("val", settings.val_fraction)]
+        held_out = [("test", settings.test_fraction), ("val", settings.val_fraction)]
     elif "val" not in s or "test" not in s:
         if "test" not in s:
             s["test"] = s.pop("val")
             source.notes.append("the given val split is used as the untouched test split")
-        carve = [("val", settings.val_fraction)]
+        held_out = [("val", settings.val_fraction)]
     else:
         return
     total = len(s["train"])
-    for name, fraction in carve:
+    for name, fraction in held_out:
         pool = s["train"]
         ids, counts = np.unique(groups[pool], return_counts=True)
         order = rng.permutation(len(ids))[:-1]  # at least one patient stays in train
@@ -348,21 +331,6 @@ def _check_groups(source: ImageSource, path: str) -> None:
             if g in seen and seen[g] != name:
                 raise DataError(f"{path}: patient {g!r} is in both the {seen[g]} and {name} splits")
             seen[g] = name
-
-
-def _stratified(
-    indices: np.ndarray, targets: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split `indices` into (keep, held_out) with about `fraction` of each class held out."""
-    keys = targets[indices] if targets.ndim == 1 else np.zeros(len(indices), dtype=np.int64)
-    keep, held = [], []
-    for value in np.unique(keys):
-        members = rng.permutation(indices[keys == value])
-        n_held = int(round(len(members) * fraction))
-        n_held = min(max(n_held, 1 if len(members) >= 3 else 0), len(members) - 1)
-        held.append(members[:n_held])
-        keep.append(members[n_held:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
 def _natural(value: str) -> tuple:

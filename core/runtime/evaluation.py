@@ -1,4 +1,4 @@
-"""What every app's runtime `evaluate` returns (torch-free)."""
+"""What every app's `evaluate` returns (torch-free)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ import numpy as np
 
 @dataclass
 class Evaluation:
-    """Metrics of a model on one split, with the raw targets and outputs for plots.
+    """Metrics of a model on one split (printed by `evaluate`, stored in metrics.json)."""
+
+    metrics: dict
+
+
+@dataclass
+class ClassificationEvaluation(Evaluation):
+    """A classifier's metrics with the raw targets and outputs, for plots.
 
     Attributes:
-        metrics: JSON-able metrics (printed by `evaluate`, stored in metrics.json).
         targets: (N,) class ids, or (N, L) multi-hot.
         probs: (N, K) probabilities.
         labels: class names.
         problem: `binary`, `multiclass` or `multilabel`.
     """
 
-    metrics: dict
     targets: np.ndarray
     probs: np.ndarray
     labels: list[str]

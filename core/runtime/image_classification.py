@@ -1,4 +1,7 @@
-"""Serving side of image classification: predict and evaluate with ONNX Runtime only."""
+"""Serving side of the image classification family (vision, healthcare): ONNX Runtime only.
+
+`ImageServing` is vision's Serving; healthcare composes the functions below with its own readers.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import numpy as np
 import polars as pl
 
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation
 from deepapps.core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
+from deepapps.core.runtime.interface import Predictions, Serving
 from deepapps.core.runtime.session import OnnxModel
 
 if TYPE_CHECKING:
@@ -31,14 +35,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score_images(model: OnnxModel, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
     """Probabilities (N, K) for preprocessed uint8 (H, W, C) images."""
-    name = model.meta["inputs"][0]["name"]
+    name = model.contract.inputs[0].name
     out = [model.run({name: np.stack(images[i : i + batch_size])}) for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
 
 
-def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, int]:
-    """Score every image; unreadable ones become error rows. Returns (table, failures)."""
-    spec = ImageSpec.from_meta(model.meta["preprocess"])
+def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
+    """Score every image; unreadable ones become error rows."""
+    spec = ImageSpec.from_meta(model.contract.preprocess)
     paths = list_images(args.inputs)
     rows: list[dict] = []
     top_k = max(1, min(args.top_k, len(model.labels)))
@@ -56,8 +60,7 @@ def predict(model: OnnxModel, args: argparse.Namespace) -> tuple[pl.DataFrame, i
             rows += [_prediction_row(p, pr, model, top_k) for p, pr in zip(ok, probs)]
     order = {str(p): i for i, p in enumerate(paths)}
     rows.sort(key=lambda r: order[r["path"]])
-    failures = sum(1 for r in rows if r["error"])
-    return pl.DataFrame(rows, schema=_SCHEMA), failures
+    return Predictions.of(pl.DataFrame(rows, schema=_SCHEMA), sum(1 for r in rows if r["error"]))
 
 
 _SCHEMA = {"path": pl.String, "label": pl.String, "probability": pl.Float64,
@@ -96,7 +99,7 @@ def decode_item(model: OnnxModel, item: dict | bytes) -> np.ndarray:
             item = base64.b64decode(item["image"], validate=True)
         except (binascii.Error, ValueError):
             raise DataError("image: not valid base64") from None
-    spec = ImageSpec.from_meta(model.meta["preprocess"])
+    spec = ImageSpec.from_meta(model.contract.preprocess)
     return to_model_input(decode_image(item, spec.channels), spec)
 
 
@@ -108,10 +111,11 @@ def run_items(model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
 
 def prediction(probs: np.ndarray, model: OnnxModel) -> dict:
     """Label(s), top probability and every class probability for one item."""
-    labels = model.labels
+    kind = model.contract.classification
+    labels = kind.labels
     out = {"probabilities": {name: round(float(p), 6) for name, p in zip(labels, probs)}}
-    if model.meta["task"] == "multilabel":
-        threshold = model.meta.get("threshold") or 0.5
+    if kind.multilabel:
+        threshold = 0.5 if kind.threshold is None else np.asarray(kind.threshold)
         return {"labels": [labels[i] for i in np.flatnonzero(probs >= threshold)]} | out
     top = int(np.argmax(probs))
     return {"label": labels[top], "probability": round(float(probs[top]), 6)} | out
@@ -120,7 +124,7 @@ def prediction(probs: np.ndarray, model: OnnxModel) -> dict:
 def evaluate(
     model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32,
     open_source: Callable[[str], ImageSource] | None = None,
-) -> Evaluation:
+) -> ClassificationEvaluation:
     """Metrics of the ONNX model on `split` of the data, split exactly as in fit.
 
     Args:
@@ -131,7 +135,7 @@ def evaluate(
     from deepapps.core.metrics import classification_metrics
 
     if open_source is None:
-        data_cfg = model.meta.get("train", {}).get("data_config", {})
+        data_cfg = model.contract.train.data_config
         settings = SplitSettings(
             data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
         )
@@ -142,11 +146,30 @@ def evaluate(
         raise DataError(f"{data_path}: labels {source.labels} differ from the model's {model.labels}")
     if split not in source.splits:
         raise DeepappsError(f"--split {split}: choose one of {sorted(source.splits)}")
-    spec = ImageSpec.from_meta(model.meta["preprocess"])
+    spec = ImageSpec.from_meta(model.contract.preprocess)
     indices = source.splits[split]
     images = [to_model_input(source.load(int(i)), spec) for i in indices]
     probs = score_images(model, images, batch_size)
     targets = source.targets[indices]
-    metrics = classification_metrics(model.meta["task"], targets, probs, model.labels)
-    metrics = {"split": split, "data": data_path} | metrics
-    return Evaluation(metrics, targets, probs, model.labels, model.meta["task"])
+    problem = model.contract.task
+    metrics = {"split": split, "data": data_path} | classification_metrics(problem, targets, probs, model.labels)
+    return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
+
+
+class ImageServing(Serving):
+    """Vision: predict image files and folders, evaluate image datasets, serve base64 images."""
+
+    def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_predict_arguments(parser)
+
+    def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
+        return predict(model, args)
+
+    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
+        return evaluate(model, data_path, split)
+
+    def decode_item(self, model: OnnxModel, item: dict | bytes) -> np.ndarray:
+        return decode_item(model, item)
+
+    def run_items(self, model: OnnxModel, items: list[np.ndarray]) -> list[dict]:
+        return run_items(model, items)

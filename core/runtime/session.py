@@ -1,39 +1,44 @@
-"""Load a deepapps ONNX model with its metadata and run it on the best provider."""
+"""Load a deepapps ONNX model with its contract and run it on the best provider."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from deepapps.core.contract import METADATA_KEY, ModelContract, parse_metadata
 from deepapps.core.errors import DeepappsError, ModelFileError
 
-METADATA_KEY = "deepapps"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
 @dataclass
 class OnnxModel:
-    """An ONNX Runtime session plus the deepapps metadata that travels in the file."""
+    """An ONNX Runtime session plus the contract that travels in the file."""
 
     path: Path
     session: ort.InferenceSession
-    meta: dict
+    contract: ModelContract
     provider: str
     provider_note: str
 
     @property
     def app(self) -> str:
-        return self.meta["app"]
+        return self.contract.app
 
     @property
     def labels(self) -> list[str]:
-        return self.meta["labels"]
+        return self.contract.labels
+
+    @cached_property
+    def meta(self) -> dict:
+        """The metadata document as stored (for display, e.g. /v1/metadata); code reads `contract`."""
+        return self.contract.to_json()
 
     @property
     def input_names(self) -> list[str]:
@@ -52,18 +57,20 @@ class OnnxModel:
 
 
 def load_model(path: str | Path, provider: str = "auto", app: str | None = None,
-               session_config: dict[str, str] | None = None) -> OnnxModel:
-    """Open `path` with ONNX Runtime and check that `app` made it.
+               session_config: dict[str, str] | None = None, model_bytes: bytes | None = None) -> OnnxModel:
+    """Open `path` with ONNX Runtime, read its contract and check that `app` made it.
 
     Args:
-        path: the .onnx file.
+        path: the .onnx file (with `model_bytes`: only the name it is reported by).
         provider: `auto` (CUDA when it really initialises, else CPU), `cpu` or `cuda`.
         app: expected app name; a model made by another app is refused.
         session_config: ONNX Runtime session config entries, e.g.
             {"session.intra_op.allow_spinning": "0"} for batch scoring on shared cores.
+        model_bytes: the serialised model, when it is not (yet) a file (fit evaluates the
+            graph it is about to write).
     """
     path = Path(path)
-    if not path.is_file():
+    if model_bytes is None and not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -72,26 +79,23 @@ def load_model(path: str | Path, provider: str = "auto", app: str | None = None,
     wanted = _providers(provider)
     ort.set_default_logger_severity(4)  # a failed CUDA start is reported below in one line instead
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path),
+                                       sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises several types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"{path}: not a valid ONNX model ({first[:200]})") from None
     finally:
         ort.set_default_logger_severity(3)
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ModelFileError(f"{path}: not a deepapps model (no '{METADATA_KEY}' metadata)")
-    meta = json.loads(raw)
-    if app is not None and meta.get("app") != app:
-        made_by = meta.get("app", "unknown")
+    contract = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), str(path))
+    if app is not None and contract.app != app:
         raise ModelFileError(
-            f"{path}: made by the {made_by} app, not {app}; use `deepapps {made_by} ...`"
+            f"{path}: made by the {contract.app} app, not {app}; use `deepapps {contract.app} ...`"
         )
     used = session.get_providers()[0]
     if provider == "cuda" and used != CUDA:
         raise DeepappsError(f"{path}: --provider cuda asked, but CUDA did not initialise")
-    note = _provider_note(provider, used)
-    return OnnxModel(path=path, session=session, meta=meta, provider=used, provider_note=note)
+    return OnnxModel(path=path, session=session, contract=contract, provider=used,
+                     provider_note=_provider_note(provider, used))
 
 
 def _providers(provider: str) -> list[str]:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile  # what request.form() holds
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from deepapps.core.errors import DataError, DeepappsError
+from deepapps.core.errors import DataError
 from deepapps.core.registry import get_app
 from deepapps.core.runtime.session import OnnxModel, load_model
 from deepapps.core.serving.batcher import MicroBatcher
@@ -63,9 +64,7 @@ class Metrics:
 def create_app(cfg: ServeConfig) -> FastAPI:
     """The ASGI app: loads the model once, warms it up, then serves."""
     model = load_model(cfg.model, cfg.provider)
-    runtime = get_app(model.app).load_runtime()
-    if not hasattr(runtime, "decode_item") or not hasattr(runtime, "run_items"):
-        raise DeepappsError(f"{cfg.model}: the {model.app} app has no HTTP adapter (decode_item/run_items)")
+    runtime = get_app(model.app).load_serving()
     metrics = Metrics()
     batcher = MicroBatcher(lambda items: runtime.run_items(model, items), cfg.max_batch, cfg.max_wait_ms,
                            on_batch=metrics.batch.observe)
@@ -80,7 +79,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         state["ready"] = False
         await batcher.stop()
 
-    app = FastAPI(title=f"deepapps {model.app}", version=model.meta.get("version", "?"), lifespan=lifespan)
+    app = FastAPI(title=f"deepapps {model.app}", version=model.contract.version or "?", lifespan=lifespan)
 
     @app.middleware("http")
     async def body_limit(request: Request, call_next):
@@ -100,9 +99,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.get("/v1/metadata")
     async def metadata() -> dict:
-        keys = ("app", "family", "task", "labels", "inputs", "outputs", "preprocess", "threshold", "metrics",
-                "version", "created")
-        return {k: model.meta.get(k) for k in keys} | {"provider": model.provider}
+        hidden = ("train", "export")  # provenance and export details stay in the file
+        return {k: v for k, v in model.meta.items() if k not in hidden} | {"provider": model.provider}
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -159,7 +157,7 @@ async def _items(request: Request, body: bytes) -> list:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
-        return [await f.read() for _, f in form.multi_items() if hasattr(f, "read")]
+        return [await f.read() for _, f in form.multi_items() if isinstance(f, UploadFile)]
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):

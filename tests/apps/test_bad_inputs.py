@@ -8,7 +8,7 @@ import sys
 import onnx
 import pytest
 
-from deepapps.core.export import read_metadata, set_metadata
+from deepapps.core.contract import read_metadata, set_metadata
 from tests.helpers import TINY, assert_one_line_error, make_image_folder
 
 

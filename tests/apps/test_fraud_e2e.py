@@ -15,7 +15,7 @@ from deepapps.apps.finance.fraud.features import FeatureSpec, encode
 from deepapps.apps.finance.fraud.model import create_model
 from deepapps.apps.finance.fraud.synth import generate
 from deepapps.core.cli import main
-from deepapps.core.export import read_metadata
+from deepapps.core.contract import read_metadata
 from deepapps.core.runtime.session import load_model
 from deepapps.apps.finance.fraud.runtime import score
 

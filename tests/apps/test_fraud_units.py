@@ -12,7 +12,7 @@ from deepapps.apps.finance.fraud.features import Encoded, FeatureSpec, encode
 from deepapps.apps.finance.fraud.model import create_model
 from deepapps.apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics, recall_at_fpr
 from deepapps.apps.finance.fraud.synth import generate
-from deepapps.apps.finance.tables import detect_columns, split_frame
+from deepapps.apps.finance.fraud.tables import detect_columns, split_frame
 from deepapps.core.errors import DataError
 
 
@@ -87,7 +87,7 @@ def test_cost_threshold_is_the_cheapest_cut(missed, review):
 
 @pytest.mark.parametrize("arch", ["mlp", "ft_transformer"])
 def test_models_export_with_preprocessing_in_graph(table, arch, tmp_path):
-    from deepapps.core.export import export_onnx
+    from deepapps.core.training.export import export_onnx
 
     cols = detect_columns(table.schema, "t")
     spec = FeatureSpec.fit(table, cols, 1, None)
@@ -96,7 +96,7 @@ def test_models_export_with_preprocessing_in_graph(table, arch, tmp_path):
     numeric = torch.from_numpy(enc.numeric.copy())
     numeric[0, 0] = float("nan")
     inputs = (numeric, torch.from_numpy(enc.categorical.copy()) + torch.tensor([0, 0, 99]))  # out-of-range code
-    from deepapps.core.models.heads import WithProbabilities
+    from deepapps.core.training.heads import WithProbabilities
 
     meta = export_onnx(WithProbabilities(net, False, 1.0), inputs, tmp_path / "m.onnx",
                        ["numeric", "categorical"], {"app": "fraud"})
@@ -139,7 +139,7 @@ def test_category_codes_count_unseen_but_not_missing():
 
 def test_autoencoder_scores_reconstruction_error(table, tmp_path):
     from deepapps.apps.finance.fraud.model import served_module
-    from deepapps.core.export import export_onnx
+    from deepapps.core.training.export import export_onnx
 
     cols = detect_columns(table.schema, "t")
     spec = FeatureSpec.fit(table, cols, 1, None)

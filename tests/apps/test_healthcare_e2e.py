@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from deepapps.core.cli import main
-from deepapps.core.export import read_metadata
+from deepapps.core.contract import read_metadata
 from tests.apps.healthcare_helpers import run_cli, write_dicom, write_npz
 from tests.helpers import assert_one_line_error
 
@@ -64,12 +64,11 @@ def test_temperature_and_tta_are_inside_the_graph(run, npz):
 
     from deepapps.core.registry import get_app
     from deepapps.core.runtime.session import load_model
-    from deepapps.core.training import checkpoint_config, load_checkpoint
-    from deepapps.core.config import from_dict
+    from deepapps.core.training.checkpoints import app_config, load_checkpoint, read_checkpoint
 
     app = get_app("healthcare")
     ckpt = run / "checkpoints" / "best.ckpt"
-    task, _ = load_checkpoint(app, ckpt, from_dict(app.load_config_class(), checkpoint_config(ckpt)), with_data=False)
+    task, _ = load_checkpoint(app, ckpt, app_config(app, read_checkpoint(ckpt)), with_data=False)
     model = load_model(run / "model.onnx", "cpu", app="healthcare")
     pixels = np.load(npz)["test_images"][:6, 2:30, 2:30]  # any grey images: resize is not the point here
     pixels = np.stack([np.asarray(Image.fromarray(p).resize((32, 32))) for p in pixels])[..., None]
@@ -180,7 +179,7 @@ def test_fit_on_a_dicom_manifest_with_patients_and_a_balanced_sampler(tmp_path):
 
 def test_balanced_sampler_draws_classes_evenly(npz):
     from deepapps.apps.healthcare.config import HealthcareFitConfig
-    from deepapps.apps.healthcare.pipeline import MedicalDataModule
+    from deepapps.apps.healthcare.training import MedicalDataModule
     from deepapps.core.runtime.images import ImageSpec
 
     cfg = HealthcareFitConfig()

@@ -17,7 +17,7 @@ from deepapps.apps.healthcare.signals import SignalSettings, open_signal_source,
 from deepapps.apps.healthcare.synthetic import ECG_LABELS, synthetic_ecg
 from deepapps.core.cli import main
 from deepapps.core.errors import DataError
-from deepapps.core.export import read_metadata
+from deepapps.core.contract import read_metadata
 from tests.apps.healthcare_helpers import run_cli
 from tests.helpers import assert_one_line_error, shared_path
 
@@ -128,16 +128,21 @@ def test_front_end_matches_torchaudio():
 @pytest.mark.parametrize("backbone", ["fcn", "test_resnet"])
 def test_every_network_exports_with_its_front_end_at_parity(backbone, tmp_path):
     from deepapps.apps.healthcare.config import HealthcareFitConfig
-    from deepapps.apps.healthcare.pipeline import build
-    from deepapps.core.export import export_onnx
+    from deepapps.apps.healthcare.training import HealthcareTraining
+    from deepapps.core.contract import Classification
+    from deepapps.core.training.export import export_onnx
+    from deepapps.core.training.interface import Saved
 
     cfg = HealthcareFitConfig(task="signal")
     cfg.model.backbone, cfg.signal.length, cfg.signal.width, cfg.signal.image_size = backbone, 140, 8, 32
     cfg.signal.highpass_hz, cfg.signal.resample_to, cfg.signal.n_mels = 1.0, 128, (8 if backbone != "fcn" else None)
-    built = build(cfg, pretrained=None, labels=["a", "b", "c"], with_data=False)
-    meta = {"app": "healthcare", "task": "multiclass", "labels": built.labels, "inputs": built.inputs,
-            "preprocess": built.preprocess}
-    out = export_onnx(built.export_module(1.5), built.dummy_inputs(4), tmp_path / "m.onnx", ["signal"], meta)
+    training = HealthcareTraining()
+    saved = Saved({}, Classification(["a", "b", "c"], "multiclass"), {"length": 140, "label_values": None})
+    built = training.build(cfg, saved, with_data=False)
+    meta = {"app": "healthcare", "task": "multiclass", "labels": built.labels,
+            "inputs": [i.to_json() for i in built.inputs], "preprocess": built.preprocess}
+    served = training.served(built, {"temperature": 1.5})
+    out = export_onnx(served.module, built.dummy_inputs(4), tmp_path / "m.onnx", ["signal"], meta)
     assert out["export"]["parity_max_abs_diff"] <= 1e-4
     assert len(built.preprocess["in_graph"]) == (4 if backbone != "fcn" else 3)
 

@@ -13,8 +13,10 @@ from deepapps.apps.nlp.config import TextOptimConfig
 from deepapps.apps.nlp.data import BucketSampler
 from deepapps.apps.nlp.explain import attribute
 from deepapps.apps.nlp.model import TextClassifier, layer_depth
-from deepapps.apps.nlp.table import read_labelled, stratified_split
-from deepapps.apps.nlp.task import TextClassificationTask, WarmupDecay
+from deepapps.apps.nlp.table import read_labelled
+from deepapps.core.data.splits import stratified_split
+from deepapps.apps.nlp.training import text_classification_module as TextClassificationTask
+from deepapps.apps.nlp.training import warmup_decay as WarmupDecay
 from deepapps.core.errors import DataError
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from deepapps.core.cli import main
-from deepapps.core.export import read_metadata
+from deepapps.core.contract import read_metadata
 from tests.helpers import TINY
 
 
@@ -92,7 +92,7 @@ def test_predict_matches_torch_on_the_same_pixels(tiny_run, image_folder):
 
     from deepapps.core.runtime.images import ImageSpec, open_image, to_model_input
     from deepapps.core.runtime.session import load_model
-    from deepapps.core.training import load_checkpoint
+    from deepapps.core.training.checkpoints import load_checkpoint
     from deepapps.core.config import ImageFitConfig, from_dict
     from deepapps.core.registry import get_app
 
@@ -175,7 +175,7 @@ def test_predict_path_never_imports_torch(tiny_run, image_folder):
 def test_freeze_then_unfreeze_trains_only_the_head_first(tmp_path, image_folder):
     import torch
 
-    from deepapps.core.models.backbones import create_timm_model
+    from deepapps.core.training.backbones import create_timm_model
 
     args = ["vision", "fit", "--config", str(TINY), "--data.path", str(image_folder), "--data.batch_size", "8",
             "--model.freeze_epochs", "1", "--optim.schedule", "constant"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepapps.core.models.backbones import create_timm_model, data_config, local_weights_path
+from deepapps.core.training.backbones import create_timm_model, data_config, local_weights_path
 from deepapps.core.runtime.images import ImageSpec, to_model_input
 from tests.helpers import SHARED
 

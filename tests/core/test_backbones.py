@@ -3,7 +3,7 @@ import timm
 import torch
 
 from deepapps.core.errors import ConfigError
-from deepapps.core.models.backbones import create_timm_model, local_weights_path, resolve_pretrained
+from deepapps.core.training.backbones import create_timm_model, local_weights_path, resolve_pretrained
 
 
 def test_foreign_names_in_the_same_order_are_renamed(tmp_path):

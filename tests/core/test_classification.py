@@ -2,9 +2,12 @@ import pytest
 import torch
 
 from deepapps.core.config import OptimConfig
-from deepapps.core.models.backbones import create_timm_model
-from deepapps.core.models.image_classifier import ImageClassifier
-from deepapps.core.tasks.classification import ClassificationTask, _Schedule, make_metrics, problem_type
+from deepapps.core.training.backbones import create_timm_model
+from deepapps.core.training.image_model import ImageClassifier
+from deepapps.core.contract import problem_type
+from deepapps.core.training.classifier import ClassificationModule as ClassificationTask
+from deepapps.core.training.classifier import make_metrics
+from deepapps.core.training.optim import LrSchedule as _Schedule
 
 
 def test_schedule_shapes():

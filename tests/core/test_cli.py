@@ -22,8 +22,8 @@ def test_help_lists_apps_and_commands(capsys):
 
 def test_an_app_can_add_a_command(capsys):
     spec = AppSpec(
-        name="demo", help="demo app", task="image_classification", config_class="deepapps.core.config:ImageFitConfig",
-        configs_dir=Path("."), pipeline="x", runtime="y",
+        name="demo", help="demo app", family="image_classification", config_class="deepapps.core.config:ImageFitConfig",
+        configs_dir=Path("."), training="x", serving="y",
         commands=(AppCommand("hello", "say hello", "tests.core.test_cli:hello"),),
     )
     assert run_app(spec, ["--help"]) == 0

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from deepapps.core.errors import ExportParityError
-from deepapps.core.export import convert_fp16, export_onnx, read_metadata
-from deepapps.core.models.backbones import create_timm_model
-from deepapps.core.models.heads import WithProbabilities
-from deepapps.core.models.image_classifier import ImageClassifier
+from deepapps.core.contract import read_metadata
+from deepapps.core.training.export import convert_fp16, export_onnx
+from deepapps.core.training.backbones import create_timm_model
+from deepapps.core.training.heads import WithProbabilities
+from deepapps.core.training.image_model import ImageClassifier
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from deepapps.core.cli import main
-from deepapps.core.export import read_metadata
+from deepapps.core.contract import read_metadata
 
 LABELS = ["blue", "green", "red"]  # the test image folder's classes
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deepapps.core.serving.load import run_load
+from deepapps.core.serving.loadgen import run_load
 from tests.helpers import Server
 
 

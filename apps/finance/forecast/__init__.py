@@ -7,9 +7,9 @@ from deepapps.core.registry import AppSpec
 APP = AppSpec(
     name="forecast",
     help="time-series forecasting with prediction intervals: DLinear/RNN/PatchTST, ONNX, backtests",
-    task="forecasting",
-    config_class="deepapps.core.forecast_config:ForecastFitConfig",
+    family="forecasting",
+    config_class="deepapps.apps.finance.forecast.config:ForecastFitConfig",
     configs_dir=Path(__file__).parent / "configs",
-    pipeline="deepapps.core.pipelines.forecasting",
-    runtime="deepapps.core.runtime.forecasting",
+    training="deepapps.apps.finance.forecast.training:ForecastTraining",
+    serving="deepapps.apps.finance.forecast.runtime:ForecastServing",
 )

@@ -78,10 +78,6 @@ class TabularModelConfig:
     """Autoencoder: encoder widths, the last is the bottleneck (the decoder mirrors them)."""
     ae_train_on: str = "normal"
     """Autoencoder: learn to reconstruct `normal` rows only (labels needed on train) or `all` rows (no labels)."""
-    pretrained: str | None = None
-    """Unused (tabular models start from scratch); kept for the shared fit pipeline."""
-    freeze_epochs: int = 0
-    """Unused (no pretrained part)."""
 
 
 @dataclass

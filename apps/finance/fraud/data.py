@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns, load_source, targets
-from deepapps.apps.finance.tables import split_frame
+from deepapps.apps.finance.fraud.tables import split_frame
 from deepapps.core.data.class_weights import class_weights
 from deepapps.core.errors import ConfigError, DataError
 

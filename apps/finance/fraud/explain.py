@@ -19,8 +19,7 @@ import polars as pl
 import torch
 
 from deepapps.apps.finance.fraud.features import FeatureSpec, check_columns, encode
-from deepapps.apps.finance.tables import scan_table, table_schema
-from deepapps.core.cli import OneLineParser
+from deepapps.core.data.tables import scan_table, table_schema
 from deepapps.core.errors import ConfigError, DataError
 from deepapps.core.registry import AppSpec
 from deepapps.core.runtime.io import write_table
@@ -88,12 +87,12 @@ def global_importance(net: torch.nn.Module, spec: FeatureSpec, numeric: np.ndarr
 # --- the command ---------------------------------------------------------------------------
 
 
-def parser() -> OneLineParser:
-    p = OneLineParser(prog="deepapps fraud explain", allow_abbrev=False,
-                      description="integrated-gradients feature attributions per transaction, from a checkpoint (torch)")
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) of a fraud fit")
+def parser():
+    from deepapps.core.cli import explain_parser
+
+    p = explain_parser("fraud", "integrated-gradients feature attributions per transaction, from a checkpoint (torch)",
+                       "output table: .csv, .parquet or .jsonl", "explanations.csv")
     p.add_argument("input", help="CSV or Parquet table of transactions (raw columns, as for predict)")
-    p.add_argument("--out", default="explanations.csv", help="output table: .csv, .parquet or .jsonl")
     p.add_argument("--rows", type=int, default=1000, help="explain the first N rows (default 1000)")
     p.add_argument("--steps", type=int, default=64, help="integrated-gradients steps (default 64)")
     p.add_argument("--top", type=int, default=3, help="features named in the `top_features` column")
@@ -101,21 +100,13 @@ def parser() -> OneLineParser:
 
 
 def load_network(ckpt: Path, app: AppSpec) -> tuple[torch.nn.Module, FeatureSpec, float]:
-    """(network in eval mode, feature spec, decision threshold) from a checkpoint, without its data."""
-    from deepapps.apps.finance.fraud.model import create_model
-    from deepapps.core.training import checkpoint_app_config, read_checkpoint, run_metrics
+    """(network in eval mode, feature spec, decision threshold) as fit shipped them, without data."""
+    from deepapps.core.training.checkpoints import shipped_model
 
-    state = read_checkpoint(ckpt)
-    cfg = checkpoint_app_config(app, ckpt, state)
-    run = state.get("hyper_parameters", {}).get("run", {})
-    try:
-        spec = FeatureSpec.from_meta(run["preprocess"])
-        net = create_model(spec, cfg.model)
-        net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
-    except (KeyError, TypeError, RuntimeError):  # another app's checkpoint: other settings, other weights
-        raise ConfigError(f"--ckpt {ckpt}: not a deepapps fraud checkpoint") from None
-    threshold = run_metrics(ckpt).get("post_fit", {}).get("threshold")
-    return net.eval(), spec, 0.5 if threshold is None else float(threshold)
+    shipped = shipped_model(app, ckpt)
+    threshold = shipped.served.kind.threshold
+    return (shipped.module.net.eval(), FeatureSpec.from_meta(shipped.built.preprocess),
+            0.5 if threshold is None else float(threshold))
 
 
 def main(app: AppSpec, argv: list[str]) -> int:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import polars as pl
 
-from deepapps.apps.finance.tables import Columns, detect_columns, read_table, table_schema
+from deepapps.apps.finance.fraud.tables import Columns, detect_columns
+from deepapps.core.data.tables import read_table, table_schema
 from deepapps.core.errors import DataError
 
 BUILTIN = "builtin:transactions"

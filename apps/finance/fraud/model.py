@@ -21,6 +21,15 @@ from torch.nn import functional as F
 from deepapps.apps.finance.fraud.features import FeatureSpec
 
 
+def _drop_v1_alias(module: nn.Module) -> None:
+    """deepapps 0.1 also stored each network's layers under a `backbone` alias: drop those keys."""
+    def hook(state, prefix, *_):
+        for key in [k for k in state if k.startswith(prefix + "backbone.")]:
+            del state[key]
+
+    module._register_load_state_dict_pre_hook(hook)
+
+
 class RawFeatures(nn.Module):
     """Numeric preprocessing fitted on train: sign*log1p, NaN -> median, (x - median) / IQR, clip."""
 
@@ -60,7 +69,7 @@ class TabularMLP(nn.Module):
             width = h
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(width, 2)
-        self.backbone = nn.ModuleList([self.body])  # what ClassificationTask groups as `backbone`
+        _drop_v1_alias(self)
 
     def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
         x, missing, codes = self.features(numeric, categorical)
@@ -118,7 +127,7 @@ class FTTransformer(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, d_token))
         self.blocks = nn.Sequential(*[Block(d_token, n_heads, dropout) for _ in range(n_layers)])
         self.norm, self.head = nn.LayerNorm(d_token), nn.Linear(d_token, 2)
-        self.backbone = nn.ModuleList([self.blocks])
+        _drop_v1_alias(self)
 
     def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
         x, missing, codes = self.features(numeric, categorical)
@@ -157,7 +166,7 @@ class TabularAutoencoder(nn.Module):
             decoder += [nn.Linear(a, b), nn.ReLU()]
         self.encoder = nn.Sequential(*encoder[:-2])  # linear bottleneck
         self.decoder = nn.Sequential(*decoder[:-1])  # linear output
-        self.backbone = nn.ModuleList([self.encoder, self.decoder])
+        _drop_v1_alias(self)
 
     def embed(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> tuple:
         x, missing, codes = self.features(numeric, categorical)
@@ -201,7 +210,7 @@ def served_module(net: nn.Module, temperature: float = 1.0) -> nn.Module:
     (Folding the embeddings into the first layer as gathered rows was tried: ORT ran it 1.5x
     slower than the one Gemm over the concatenated inputs.)
     """
-    from deepapps.core.models.heads import WithProbabilities
+    from deepapps.core.training.heads import WithProbabilities
 
     return WithProbabilities(fold_batch_norm(net), False, temperature)
 

@@ -15,7 +15,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from deepapps.apps.finance.fraud.baselines import NAMES  # noqa: E402
 from deepapps.core.report.model_card import write_model_card  # noqa: E402
 from deepapps.core.report.plots import training_curves  # noqa: E402
-from deepapps.core.runtime.io import atomic_write, write_json  # noqa: E402
+from deepapps.core.runtime.io import atomic_write  # noqa: E402
+from deepapps.core.training.interface import FitRun  # noqa: E402
 
 HEADLINE = ("auprc", "auroc")
 
@@ -34,11 +35,14 @@ def comparison(metrics: dict) -> dict:
     return table
 
 
-def write_fraud_report(run_dir: Path, app, built, cfg, config_yaml: str, metrics: dict, evaluation) -> Path:
+def write_fraud_report(run: FitRun) -> Path:
+    """Reads the run (its metrics hold `comparison_test` and `feature_importance`, see
+    FraudTraining.artifacts); writes the plots and model_card.md."""
+    run_dir, built, cfg, metrics, evaluation = run.run_dir, run.built, run.cfg, run.metrics, run.evaluation
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     y, curves = evaluation.targets, {"model (ONNX)": evaluation.scores}
-    for name, by_split in getattr(built.datamodule, "baseline_scores", {}).items():
+    for name, by_split in run.post_fit.scores.get("baseline_scores", {}).items():
         curves[NAMES.get(name, name)] = by_split["test"]
     plots = [
         training_curves(run_dir / "csv" / "metrics.csv", plots_dir / "training_curves.png"),
@@ -46,25 +50,21 @@ def write_fraud_report(run_dir: Path, app, built, cfg, config_yaml: str, metrics
         _roc_plot(y, curves, plots_dir / "roc.png"),
         _score_plot(y, evaluation.scores, metrics.get("post_fit", {}).get("threshold"), plots_dir / "score_distribution.png"),
     ]
-    metrics["comparison_test"] = comparison(metrics)
-    dm = built.datamodule
-    importance = feature_importance(built.net, dm)
-    metrics["feature_importance"] = importance
+    importance = metrics["feature_importance"]
     plots.append(_importance_plot(importance, plots_dir / "feature_importance.png"))
-    write_json(run_dir / "metrics.json", metrics)
-    summary = dm.summary()
+    summary = built.datamodule.summary()
     card_metrics = {"val": _scalars(metrics["val"]), "test_torch": _scalars(metrics["test_torch"])}
     card_metrics |= {f"test: {k}": v for k, v in metrics["comparison_test"].items()}
     threshold = metrics.get("post_fit", {}).get("threshold")
     info = {
-        "app": app.name,
+        "app": run.app.name,
         "title": f"deepapps fraud: {cfg.model.arch} on {cfg.data.path}",
         "data": summary,
         "model": {"architecture": cfg.model.arch, "weights": built.weights,
                   "parameters": sum(p.numel() for p in built.net.parameters()),
                   "decision threshold": threshold,
                   "costs": f"missed fraud {cfg.decision.cost_missed:g}, review {cfg.decision.cost_review:g}"},
-        "config_yaml": config_yaml,
+        "config_yaml": run.config_yaml,
         "metrics": card_metrics,
         "export": metrics.get("export", {}),
         "plots": [str(p.relative_to(run_dir)) for p in plots if p],

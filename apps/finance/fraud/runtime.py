@@ -14,9 +14,11 @@ import polars as pl
 from deepapps.apps.finance.fraud.config import TabularDataConfig
 from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets
 from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
-from deepapps.apps.finance.tables import Columns, scan_table, split_frame, table_schema
+from deepapps.apps.finance.fraud.tables import Columns, split_frame
+from deepapps.core.data.tables import scan_table, table_schema
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.interface import Predictions, Serving
 from deepapps.core.runtime.io import atomic_write
 from deepapps.core.runtime.session import OnnxModel
 
@@ -43,16 +45,19 @@ def score(model: OnnxModel, enc: Encoded, rows: np.ndarray | slice = slice(None)
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test") -> Evaluation:
+def evaluate(model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
     """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
-    meta = model.meta
-    spec = FeatureSpec.from_meta(meta["preprocess"])
-    data = TabularDataConfig(**meta.get("train", {}).get("data_config", {}))
+    contract = model.contract
+    spec = FeatureSpec.from_meta(contract.preprocess)
+    data = TabularDataConfig(**contract.train.data_config)
     df = load_source(data_path, data)
     if spec.label not in df.columns:
         raise DataError(f"{data_path}: label column {spec.label!r} not found")
     check_columns(df.columns, spec, data_path)
     columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
+    if data.split == "random" and contract.schema_version < 2:
+        print(f"warning: {model.path} was made by deepapps 0.1, whose random split differs; its {split} rows are "
+              "re-split by today's rule and may include rows it trained on", file=sys.stderr)
     frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
     if split not in frames:
         raise DeepappsError(f"--split {split}: choose one of {sorted(frames)}")
@@ -62,21 +67,22 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test") -> Evaluatio
     if enc.bad.any():
         raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
     probs = score(model, enc)
-    decision = meta.get("decision", {})
+    decision, threshold = contract.details.get("decision", {}), contract.classification.threshold
     metrics = {"split": split, "data": data_path} | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
                                                                     decision.get("top_k", 100))
-    if meta.get("threshold") is not None:
-        metrics["decision"] = decision_metrics(y, probs[:, 1], meta["threshold"], decision.get("cost_missed", 100.0),
+    if threshold is not None:
+        metrics["decision"] = decision_metrics(y, probs[:, 1], threshold, decision.get("cost_missed", 100.0),
                                                decision.get("cost_review", 5.0))
     metrics["unknown_categories"] = enc.unknown
-    return Evaluation(metrics, y, probs, LABELS, problem="binary")
+    return ClassificationEvaluation(metrics, y, probs, LABELS, problem="binary")
 
 
 # --- predict: streaming ------------------------------------------------------------------
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="CSV or Parquet table of transactions (raw columns, as in training)")
+    parser.add_argument("inputs", nargs=1, metavar="input",
+                        help="CSV or Parquet table of transactions (raw columns, as in training)")
     parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=CHUNK,
                         help=f"rows scored per chunk (default {CHUNK}); memory stays flat whatever the file size")
     parser.add_argument("--threshold", type=float, default=None,
@@ -84,27 +90,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", nargs="*", default=None, help="input columns copied to the output (default: ids)")
 
 
-def predict_command(app, argv: list[str]) -> int:
-    """`deepapps fraud predict --model M.onnx INPUT --out OUT.parquet`: streams, flags bad rows."""
-    from deepapps.core.cli import OneLineParser
-    from deepapps.core.runtime.session import load_model, say_provider
-
-    parser = OneLineParser(prog=f"deepapps {app.name} predict", allow_abbrev=False,
-                           description="score transactions with an ONNX model in streaming chunks (no torch)")
-    parser.add_argument("--model", required=True, help="deepapps fraud .onnx file")
-    parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--out", required=True, help="output table: .parquet, .csv or .jsonl")
-    add_predict_arguments(parser)
-    args = parser.parse_args(argv)
-    model = load_model(args.model, args.provider, app=app.name, session_config=BATCH_SESSION)
-    say_provider(model)
-    stats = predict_file(model, args.input, args.out, args.chunk_size, args.threshold, args.keep)
-    print(f"wrote {stats['rows']} rows to {args.out} ({stats['rows_per_s']:,.0f} rows/s); "
-          f"flagged as fraud: {stats['flagged']}; bad rows: {stats['bad']}", file=sys.stderr)
+def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
+    """Stream `args.inputs[0]` into `args.out`: score, decision and error per row (bad rows flagged)."""
+    stats = predict_file(model, args.inputs[0], args.out, args.chunk_size, args.threshold, args.keep)
+    message = (f"wrote {stats['rows']} rows to {args.out} ({stats['rows_per_s']:,.0f} rows/s); "
+               f"flagged as fraud: {stats['flagged']}; bad rows: {stats['bad']}")
     if stats["unknown"]:
-        print("unseen categories (scored as unknown): "
-              + ", ".join(f"{k}={v}" for k, v in stats["unknown"].items()), file=sys.stderr)
-    return 2 if stats["rows"] and stats["bad"] == stats["rows"] else 0
+        message += "\nunseen categories (scored as unknown): " + ", ".join(f"{k}={v}" for k, v in stats["unknown"].items())
+    return Predictions(None, stats["bad"], stats["rows"], message)
 
 
 def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_size: int = CHUNK,
@@ -120,8 +113,8 @@ def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_siz
         raise DataError(f"{out}: unsupported output type {suffix!r}; use .parquet, .csv or .jsonl")
     if chunk_size < 1:
         raise DeepappsError(f"--chunk-size {chunk_size}: must be at least 1")
-    spec = FeatureSpec.from_meta(model.meta["preprocess"])
-    threshold = model.meta.get("threshold") if threshold is None else threshold
+    spec = FeatureSpec.from_meta(model.contract.preprocess)
+    threshold = model.contract.classification.threshold if threshold is None else threshold
     threshold = 0.5 if threshold is None else float(threshold)
     names = table_schema(input).names()
     extra = check_columns(names, spec, str(input))
@@ -216,7 +209,7 @@ def decode_item(model: OnnxModel, item: dict) -> Encoded:
     """One transaction as a JSON object of raw column values -> its model inputs (one row)."""
     if not isinstance(item, dict):
         raise DataError("expected a JSON object of column: value")
-    spec = FeatureSpec.from_meta(model.meta["preprocess"])
+    spec = FeatureSpec.from_meta(model.contract.preprocess)
     check_columns(list(item), spec, "row")
     row = pl.DataFrame({c: [item[c]] for c in [*spec.numeric, *spec.categorical]}, strict=False)
     enc = encode(row, spec)
@@ -230,6 +223,29 @@ def run_items(model: OnnxModel, items: list[Encoded]) -> list[dict]:
     batch = Encoded(np.concatenate([e.numeric for e in items]), np.concatenate([e.categorical for e in items]),
                     pl.Series([None] * len(items), dtype=pl.String), {})
     scores = score(model, batch)[:, 1]
-    threshold = model.meta.get("threshold")
+    threshold = model.contract.classification.threshold
     threshold = 0.5 if threshold is None else float(threshold)
     return [{"score": round(float(s), 6), "decision": bool(s >= threshold)} for s in scores]
+
+
+class FraudServing(Serving):
+    """Streams tables of transactions (larger than memory) to an output table; one row per request item."""
+
+    spark_column = None  # a transaction is a whole row
+    session_config = BATCH_SESSION
+    writes_output = True
+
+    def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_predict_arguments(parser)
+
+    def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
+        return predict(model, args)
+
+    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
+        return evaluate(model, data_path, split)
+
+    def decode_item(self, model: OnnxModel, item: dict) -> Encoded:
+        return decode_item(model, item)
+
+    def run_items(self, model: OnnxModel, items: list[Encoded]) -> list[dict]:
+        return run_items(model, items)

@@ -1,0 +1,158 @@
+"""Fraud (torch side): network + data, the cost threshold and baselines after fit, the report."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from deepapps.apps.finance.fraud.config import FraudFitConfig
+from deepapps.apps.finance.fraud.data import TabularDataModule
+from deepapps.apps.finance.fraud.features import LABELS, FeatureSpec
+from deepapps.apps.finance.fraud.model import create_model, served_module
+from deepapps.apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics
+from deepapps.core.contract import Classification, TensorSpec
+from deepapps.core.errors import ConfigError
+from deepapps.core.training.classifier import ClassificationModule
+from deepapps.core.training.image_family import PROBABILITIES
+from deepapps.core.training.interface import Built, FitRun, PostFit, Saved, Served, Training
+
+log = logging.getLogger("deepapps.fraud")
+FAMILY = "tabular_classification"
+IN_GRAPH = ("sign*log1p on `log` columns, NaN -> center, (x - center) / scale, clip to +-clip, missing indicators, "
+            "embeddings (0 = unknown)")
+
+
+class FocalLoss:
+    """(1 - p_t)^gamma x class-weighted cross-entropy, normalised by the weights (Lin et al. 2017).
+
+    A class rather than a closure so that it can sit on a module Lightning checkpoints."""
+
+    def __init__(self, gamma: float):
+        self.gamma = gamma
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target, weight=weights, reduction="none")  # (B,)
+        p_t = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+        weight = weights[target] if weights is not None else torch.ones_like(ce)
+        return ((1 - p_t) ** self.gamma * ce).sum() / weight.sum()
+
+
+class AutoencoderModule(ClassificationModule):
+    """Trains TabularAutoencoder on reconstruction error: of normal rows only (`train_on="normal"`)
+    or of every row, labels unused (`"all"`). Validation ranks rows by the error (val/auprc)."""
+
+    def __init__(self, *args, train_on: str = "normal", **kwargs):
+        super().__init__(*args, **kwargs)
+        if train_on not in ("normal", "all"):
+            raise ConfigError(f"--model.ae_train_on {train_on}: choose normal or all")
+        self.train_on = train_on
+
+    def reconstruction_loss(self, inputs: tuple, target: torch.Tensor, normal_only: bool) -> torch.Tensor:
+        error = self.net.reconstruction_error(*self.net.embed(*inputs))  # (B,)
+        if normal_only:
+            error = error[target == 0]
+        return error.mean() if error.numel() else error.sum()
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        *inputs, target = batch
+        loss = self.reconstruction_loss(inputs, target, self.train_on == "normal")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def evaluate_batch(self, batch: tuple, metrics, prefix: str) -> None:
+        *inputs, target = batch
+        self.log(f"{prefix}/loss", self.reconstruction_loss(inputs, target, True), batch_size=len(target), sync_dist=True)
+        metrics.update(self.probabilities(self(*inputs).float()), target)
+
+
+@torch.no_grad()
+def torch_scores(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch: int = 8192) -> np.ndarray:
+    """Fraud probability per row from the torch network (eval mode)."""
+    net.eval()
+    n = len(inputs[0])
+    out = [net(*(x[i:i + batch] for x in inputs)).float().softmax(-1)[:, 1] for i in range(0, n, batch)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+class FraudTraining(Training):
+    """Tabular networks that take raw columns (the fitted preprocessing is in the graph)."""
+
+    def build(self, cfg: FraudFitConfig, saved: Saved | None = None, with_data: bool = True) -> Built:
+        """Data first (the fitted feature statistics become graph constants), then the network;
+        from a checkpoint the statistics are the checkpoint's, and the data is optional."""
+        dm = TabularDataModule(cfg.data) if with_data else None
+        spec = FeatureSpec.from_meta(saved.preprocess) if saved is not None else dm.spec
+        net = create_model(spec, cfg.model)
+        inputs = [TensorSpec("numeric", "float32", ["batch", len(spec.numeric)], details={
+            "columns": spec.numeric, "note": "raw values; NaN = missing (filled and flagged in the graph)"})]
+        if spec.categorical:
+            inputs.append(TensorSpec("categorical", "int64", ["batch", len(spec.categorical)], details={
+                "columns": spec.categorical, "note": "codes from preprocess.vocab (index + 1; 0 = unknown)"}))
+
+        def dummy(n: int) -> tuple:
+            x = (torch.randn(n, len(spec.numeric)),)
+            return x + ((torch.randint(0, 3, (n, len(spec.categorical))),) if spec.categorical else ())
+
+        return Built(
+            net=net, datamodule=dm, kind=Classification(LABELS, "binary"), inputs=inputs, outputs=[PROBABILITIES],
+            preprocess=spec.to_meta() | {"in_graph": IN_GRAPH}, weights=f"random init ({cfg.model.arch})",
+            family=FAMILY, dummy_inputs=dummy, backbone=cfg.model.arch,
+        )
+
+    def module(self, built: Built, cfg: FraudFitConfig) -> ClassificationModule:
+        """Weighted (optionally focal) cross-entropy; the autoencoder learns to reconstruct."""
+        if cfg.model.arch == "autoencoder":
+            return AutoencoderModule(built.net, built.labels, False, cfg.optim, train_on=cfg.model.ae_train_on)
+        dm = built.datamodule
+        weights = dm.class_weights(cfg.optim.class_weights) if dm is not None else None
+        loss = FocalLoss(cfg.optim.focal_gamma) if cfg.optim.focal_gamma > 0 else None
+        return ClassificationModule(built.net, built.labels, False, cfg.optim, weights, loss=loss)
+
+    def post_fit(self, module, built: Built, cfg: FraudFitConfig) -> PostFit:
+        """The cost threshold on validation (stored in the model), and the baselines on the same split."""
+        dm, d = built.datamodule, cfg.decision
+        val_scores = torch_scores(module.net.cpu(), dm.inputs("val"))
+        threshold = cost_threshold(dm.y["val"], val_scores, d.cost_missed, d.cost_review)
+        state = {
+            "threshold": threshold,
+            "decision": {"cost_missed": d.cost_missed, "cost_review": d.cost_review, "fpr": d.fpr, "top_k": d.top_k,
+                         "chosen_on": "val",
+                         "val": decision_metrics(dm.y["val"], val_scores, threshold, d.cost_missed, d.cost_review)},
+        }
+        log.info("threshold %.4f chosen on validation (cost missed %g, review %g)", threshold, d.cost_missed, d.cost_review)
+        if not cfg.baselines:
+            return PostFit(state)
+        from deepapps.apps.finance.fraud.baselines import fit_baselines
+
+        scores = fit_baselines(dm.encoded, dm.y["train"], dm.spec, cfg.seed)
+        state["baselines"] = {}
+        for name, by_split in scores.items():
+            t = cost_threshold(dm.y["val"], by_split["val"], d.cost_missed, d.cost_review)
+            state["baselines"][name] = {
+                split: fraud_metrics(dm.y[split], s, d.fpr, d.top_k)
+                | {"decision": decision_metrics(dm.y[split], s, t, d.cost_missed, d.cost_review)}
+                for split, s in by_split.items()
+            }
+        return PostFit(state, {"baseline_scores": scores})
+
+    def served(self, built: Built, state: dict) -> Served:
+        """Softmax over the batch-norm-folded network; the cost threshold and its costs in the contract."""
+        kind = Classification(LABELS, "binary", state.get("threshold"), 1.0, 1)
+        details = {"decision": state["decision"]} if "decision" in state else {}
+        return Served(served_module(built.net), kind, details)
+
+    def artifacts(self, run: FitRun) -> dict:
+        """The model against its baselines on the test rows, and a global feature importance."""
+        from deepapps.apps.finance.fraud.report import comparison, feature_importance
+
+        return {"comparison_test": comparison(run.metrics),
+                "feature_importance": feature_importance(run.module.net, run.built.datamodule)}
+
+    def report(self, run: FitRun) -> None:
+        """Plots (PR, ROC, score distributions, training curves, importance) and the model card."""
+        from deepapps.apps.finance.fraud.report import write_fraud_report
+
+        write_fraud_report(run)

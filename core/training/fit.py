@@ -1,0 +1,157 @@
+"""The one fit flow every app shares, and the checkpoint commands (validate, test, export).
+
+fit = build -> train -> best checkpoint -> validate/test in torch -> post-fit (stored in the
+    checkpoint) -> export ONNX (parity-checked) -> evaluate that graph with the app's Serving
+    -> model.onnx -> the app's artifacts -> metrics.json -> plots and model card
+
+Each artifact is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytorch_lightning as L
+import torch
+
+from deepapps.core.contract import set_metadata, write_model
+from deepapps.core.errors import ConfigError, DeepappsError
+from deepapps.core.registry import AppSpec
+from deepapps.core.runtime.io import write_json, write_text
+from deepapps.core.runtime.session import load_model
+from deepapps.core.training.checkpoints import (
+    load_checkpoint, post_fit_state, read_checkpoint, restore, store_post_fit,
+)
+from deepapps.core.training.export import convert_fp16, export_model
+from deepapps.core.training.interface import FitRun
+from deepapps.core.training.trainer import eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision
+
+log = logging.getLogger("deepapps")
+RUN_DIR_ENV = "DEEPAPPS_RUN_DIR"
+
+
+def default_run_dir(app: str) -> Path:
+    return Path("runs") / app / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
+    """Train, export and evaluate one run; returns the run folder.
+
+    Args:
+        app: the app being trained.
+        cfg: the app's fit config (dataclass instance).
+        config: the same config as a plain dict (saved in checkpoints and metadata).
+        config_yaml: the same config as YAML (saved as config.yaml).
+    """
+    # DDP children re-run this command: they take the parent's folder, not a new timestamp
+    run_dir = Path(cfg.run_dir or os.environ.get(RUN_DIR_ENV) or default_run_dir(app.name))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume and not last.is_file():
+        raise ConfigError(f"--resume: {last} does not exist; give the --run_dir of the run to continue")
+    if not cfg.resume and last.is_file() and RUN_DIR_ENV not in os.environ:
+        raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    training, serving = app.load_training(), app.load_serving()
+    built = training.build(cfg)
+    # only now: bad data or settings stop the run before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_yaml)
+    module = training.module(built, cfg)
+    module.save_hyperparameters({"deepapps": built.saved(config).to_dict()})
+    trainer, checkpoint = make_trainer(cfg.trainer, run_dir)
+    earlier_logs = read_logs(run_dir) if cfg.resume else None
+    log.info("run folder %s; data %s; weights %s; precision %s", run_dir, built.datamodule.summary()["source"],
+             built.weights, resolve_precision(cfg.trainer))
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        trainer.fit(module, datamodule=built.datamodule, ckpt_path=str(last) if cfg.resume else None)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # what follows runs on rank 0 alone
+    if not trainer.is_global_zero:
+        return run_dir
+    if earlier_logs is not None:
+        merge_logs(run_dir, earlier_logs)
+
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    module.load_state_dict(read_checkpoint(best).state_dict)
+    evaluator, dm = eval_trainer(cfg.trainer), built.datamodule
+    metrics = {
+        "best_checkpoint": best.name,
+        "val": _strip(evaluator.validate(module, datamodule=dm, verbose=False)[0], "val/"),
+        "test_torch": _strip(evaluator.test(module, datamodule=dm, verbose=False)[0], "test/"),
+    }
+    post_fit = training.post_fit(module, built, cfg)
+    store_post_fit(best, post_fit.state)
+
+    onnx_path = run_dir / "model.onnx"
+    proto, contract = export_model(app.name, training, built, cfg, config, post_fit.state,
+                                   {"val": metrics["val"]}, str(onnx_path))
+    set_metadata(proto, contract.to_json())  # what evaluate reads; the test metrics are added after
+    shipped = load_model(onnx_path, provider="cpu", app=app.name, model_bytes=proto.SerializeToString())
+    evaluation = serving.evaluate(shipped, cfg.data.path, "test")
+    metrics |= {"test": evaluation.metrics, "export": contract.export, "post_fit": post_fit.state}
+    contract = contract.with_(metrics={"val": metrics["val"], "test": scalars(evaluation.metrics)})
+    write_model(onnx_path, proto, contract)
+    if cfg.export_fp16:
+        convert_fp16(onnx_path, run_dir / "model.fp16.onnx")
+    run = FitRun(run_dir, app, cfg, config_yaml, built, module, metrics, evaluation, post_fit, contract)
+    metrics |= training.artifacts(run)
+    write_json(run_dir / "metrics.json", metrics)
+    training.report(run)
+    log.info("test (ONNX Runtime): %s", scalars(metrics["test"]))
+    return run_dir
+
+
+def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:
+    """`validate` or `test` a checkpoint in torch; returns the metrics."""
+    module, built = load_checkpoint(app, ckpt, cfg, with_data=True)
+    trainer = eval_trainer(cfg.trainer)
+    run = trainer.validate if stage == "validate" else trainer.test
+    prefix = "val/" if stage == "validate" else "test/"
+    return _strip(run(module, datamodule=built.datamodule, verbose=False)[0], prefix)
+
+
+def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp16: bool = False,
+                      int8: bool = False) -> Path:
+    """Export a checkpoint as fit exported it (its post-fit state included); the parity batch is
+    real data when the data path exists."""
+    training = app.load_training()
+    if int8 and not training.supports_int8:
+        raise ConfigError(f"deepapps {app.name} export: --int8 is not available for {app.name} models")
+    checkpoint = read_checkpoint(ckpt)
+    try:
+        _, built = restore(app, checkpoint, cfg, with_data=True)
+    except DeepappsError as exc:  # data gone: export still works, on dummy inputs
+        log.warning("data not available (%s); parity check on random inputs", str(exc).splitlines()[0])
+        _, built = restore(app, checkpoint, cfg, with_data=False)
+    scores = {k: scalars(v) for k, v in _run_metrics(ckpt).items() if k in ("val", "test")}
+    proto, contract = export_model(app.name, training, built, cfg, config, post_fit_state(checkpoint), scores, str(out))
+    write_model(out, proto, contract)
+    if fp16:
+        convert_fp16(out, out.with_suffix(".fp16.onnx"))
+    if int8:
+        training.export_int8(out, cfg)
+    return out
+
+
+def _run_metrics(ckpt: Path) -> dict:
+    """The metrics.json of the run a checkpoint sits in ({} for a checkpoint moved elsewhere)."""
+    import json
+
+    path = Path(ckpt).parent.parent / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def scalars(metrics: dict) -> dict:
+    """The number-valued entries of a metrics dict (what the contract and the log carry)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+
+
+def _strip(metrics: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): float(v) for k, v in metrics.items() if k.startswith(prefix)}

@@ -1,0 +1,70 @@
+"""Image classification family (vision, healthcare): timm backbone + ImageDataModule.
+
+The graph takes uint8 NHWC pixels at the model's size; scaling, normalisation and the layout
+change happen inside it (core.training.image_model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from deepapps.core.config import ImageFitConfig
+from deepapps.core.contract import Classification, TensorSpec, problem_type
+from deepapps.core.runtime.images import ImageSpec
+from deepapps.core.training.backbones import create_timm_model, data_config
+from deepapps.core.training.image_data import ImageDataModule
+from deepapps.core.training.image_model import ImageClassifier
+from deepapps.core.training.interface import Built, Saved, Training
+
+FAMILY = "image_classification"
+INPUT_NAME = "pixels"
+PROBABILITIES = TensorSpec("probabilities", "float32")
+
+
+def build_image_classifier(
+    cfg: ImageFitConfig, saved: Saved | None = None, with_data: bool = True, channels: int = 3,
+    datamodule_class: Callable = ImageDataModule,
+) -> Built:
+    """Backbone first (its pretrained cfg fixes size and normalisation), then data, then head.
+
+    Args:
+        cfg: the run config.
+        saved: a checkpoint's state (labels from it, no pretrained weights); None: a new fit.
+        with_data: index the dataset (False for export from a checkpoint without data).
+        channels: pixel channels of the graph input (1 for grey images).
+        datamodule_class: (cfg.data, spec) -> datamodule; an app's subclass of ImageDataModule.
+    """
+    backbone, weights = create_timm_model(cfg.model.backbone, 0, None if saved else cfg.model.pretrained)
+    timm_cfg = data_config(backbone)
+    spec = ImageSpec(
+        size=cfg.data.image_size or timm_cfg["input_size"][-1],
+        crop_pct=cfg.data.crop_pct or timm_cfg.get("crop_pct", 0.875),
+        interpolation=timm_cfg.get("interpolation", "bicubic") or "bicubic",
+        channels=channels,
+    )
+    datamodule = datamodule_class(cfg.data, spec) if with_data else None
+    if saved is not None:
+        kind = saved.kind
+    else:
+        kind = Classification(datamodule.labels, problem_type(len(datamodule.labels), datamodule.multilabel))
+    net = ImageClassifier(
+        backbone, len(kind.labels), mean=timm_cfg["mean"], std=timm_cfg["std"],
+        in_channels=channels, drop_rate=cfg.model.drop_rate,
+    )
+    preprocess = spec.to_meta() | {"mean": list(timm_cfg["mean"]), "std": list(timm_cfg["std"])}
+    return Built(
+        net=net, datamodule=datamodule, kind=kind,
+        inputs=[TensorSpec(INPUT_NAME, "uint8", ["batch", spec.size, spec.size, channels], "NHWC")],
+        outputs=[PROBABILITIES], preprocess=preprocess, weights=saved.weights if saved else weights, family=FAMILY,
+        dummy_inputs=lambda n: (torch.randint(0, 256, (n, spec.size, spec.size, channels), dtype=torch.uint8),),
+        backbone=cfg.model.backbone, write_samples=datamodule.write_samples if datamodule is not None else None,
+    )
+
+
+class ImageTraining(Training):
+    """Vision: the image family with every default (softmax head, no post-fit state)."""
+
+    def build(self, cfg: ImageFitConfig, saved: Saved | None = None, with_data: bool = True) -> Built:
+        return build_image_classifier(cfg, saved, with_data)
