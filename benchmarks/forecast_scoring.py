@@ -29,7 +29,7 @@ def main() -> None:
     medians, actual = {}, {}
     for path in args.models:
         model = load_model(path, "cpu", app="forecast")
-        m = model.meta["preprocess"]["quantiles"].index(0.5)
+        m = model.contract.forecast.median_index
         medians[path] = {}
         for split in ("val", "test"):
             w = split_windows(model, args.data, split)

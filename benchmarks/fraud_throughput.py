@@ -90,7 +90,7 @@ def stages(model_path: Path, data: Path, out: Path, chunk: int = 262_144) -> Non
     from deepapps.apps.finance.fraud.runtime import BATCH_SESSION, score
 
     model = load_model(model_path, "cpu", app="fraud", session_config=BATCH_SESSION)
-    spec = FeatureSpec.from_meta(model.meta["preprocess"])
+    spec = FeatureSpec.from_meta(model.contract.preprocess)
     columns = [*spec.ids, *spec.numeric, *spec.categorical]
     lf = pl.scan_parquet(data).select(columns)
     timed = {}
@@ -139,7 +139,9 @@ def main() -> None:
     net.eval()
     model_path = folder / f"fraud_{args.arch}.onnx"
     export_onnx(served_module(net), inputs, model_path, ["numeric", "categorical"],
-                {"app": "fraud", "task": "binary", "labels": ["normal", "fraud"], "preprocess": spec.to_meta(),
+                {"app": "fraud", "family": "tabular_classification", "task": "binary", "labels": ["normal", "fraud"],
+                 "inputs": [{"name": "numeric", "dtype": "float32"}, {"name": "categorical", "dtype": "int64"}],
+                 "outputs": [{"name": "probabilities", "dtype": "float32"}], "preprocess": spec.to_meta(),
                  "threshold": 0.5})
 
     for rows in args.rows:

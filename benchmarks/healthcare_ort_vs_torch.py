@@ -3,7 +3,7 @@
     python benchmarks/healthcare_ort_vs_torch.py [--task image|signal|all] [--sizes 64 128] [--batches 1 32]
                                                  [--repeats 20] [--threads N]
 
-The graph is exactly what `deepapps healthcare fit` exports (apps.healthcare.pipeline.build).
+The graph is exactly what `deepapps healthcare fit` exports (HealthcareTraining.build and .served).
 Images: EfficientNet-Lite0, grey uint8 NHWC in (repeated to 3 channels inside), logits /
 temperature -> softmax, with and without flip TTA (which runs the backbone twice). ECG signals
 (configs/ecg.yaml, 140-sample ECG5000 beats, 5 classes): resnet1d and fcn (width 32) with
@@ -27,23 +27,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vision_ort_vs_torch import median_seconds  # noqa: E402
 
 from deepapps.apps.healthcare.config import HealthcareFitConfig  # noqa: E402
-from deepapps.apps.healthcare.pipeline import build  # noqa: E402
+from deepapps.apps.healthcare.training import HealthcareTraining  # noqa: E402
+from deepapps.core.contract import Classification, problem_type  # noqa: E402
 from deepapps.core.training.export import export_onnx  # noqa: E402
+from deepapps.core.training.interface import Saved  # noqa: E402
+
+
+def _served(cfg, labels: list[str], preprocess: dict, tta: bool = False):
+    """(built, served module) as fit exports them, random weights, temperature 1.3."""
+    training = HealthcareTraining()
+    saved = Saved({}, Classification(labels, problem_type(len(labels), False)), preprocess)
+    built = training.build(cfg, saved, with_data=False)
+    return built, training.served(built, {"temperature": 1.3, "clinical": {"tta_flip": tta}}).module.eval()
 
 
 def served_model(size: int, tta: bool, backbone: str):
     cfg = HealthcareFitConfig()
     cfg.data.image_size, cfg.data.crop_pct, cfg.model.backbone, cfg.clinical.tta_flip = size, 1.0, backbone, tta
-    built = build(cfg, pretrained=None, labels=["normal", "pneumonia"], with_data=False)
-    return built, built.export_module(temperature=1.3).eval()
+    return _served(cfg, ["normal", "pneumonia"], {}, tta)
 
 
 def served_signal_model(backbone: str):
     cfg = HealthcareFitConfig(task="signal")
     cfg.model.backbone, cfg.signal.length, cfg.signal.width = backbone, 140, 32
-    labels = ["normal", "r_on_t_pvc", "pvc", "sp_or_eb", "unclassified"]
-    built = build(cfg, pretrained=None, labels=labels, with_data=False)
-    return built, built.export_module(temperature=1.3).eval()
+    return _served(cfg, ["normal", "r_on_t_pvc", "pvc", "sp_or_eb", "unclassified"], {"length": 140})
 
 
 def time_pair(eager, session, name: str, batch_input: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -65,8 +72,8 @@ def signal_rows(args, rng: np.random.Generator, tmp: str) -> None:
     for backbone in ("resnet1d", "fcn", "tf_efficientnet_lite0"):
         built, eager = served_signal_model(backbone)
         path = Path(tmp) / f"ecg_{backbone}.onnx"
-        meta = {"app": "healthcare", "task": "multiclass", "labels": built.labels, "inputs": built.inputs,
-                "preprocess": built.preprocess}
+        meta = {"app": "healthcare", "task": "multiclass", "labels": built.labels,
+                "inputs": [i.to_json() for i in built.inputs], "preprocess": built.preprocess}
         export_onnx(eager, built.dummy_inputs(4), path, ["signal"], meta)
         session = ort_session(path, args.threads)
         label = backbone if backbone in ("resnet1d", "fcn") else "spectrogram + lite0 (64 px)"
@@ -101,8 +108,8 @@ def main() -> None:
             for tta in (False, True):
                 built, eager = served_model(size, tta, args.backbone)
                 path = Path(tmp) / f"m{size}{tta}.onnx"
-                meta = {"app": "healthcare", "task": "binary", "labels": built.labels, "inputs": built.inputs,
-                        "preprocess": built.preprocess}
+                meta = {"app": "healthcare", "task": "binary", "labels": built.labels,
+                        "inputs": [i.to_json() for i in built.inputs], "preprocess": built.preprocess}
                 export_onnx(eager, built.dummy_inputs(4), path, ["pixels"], meta)
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = args.threads

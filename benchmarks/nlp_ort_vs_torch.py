@@ -37,7 +37,7 @@ def main() -> None:
     from deepapps.apps.nlp import APP
     from deepapps.apps.nlp.runtime import tokenizer_of
     from deepapps.core.runtime.session import load_model
-    from deepapps.core.training import checkpoint_app_config, load_checkpoint
+    from deepapps.core.training.checkpoints import app_config, load_checkpoint, read_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -53,7 +53,7 @@ def main() -> None:
     ckpt = Path(args.ckpt) if args.ckpt else model_path.parent / "checkpoints" / "best.ckpt"
     fp32 = with_threads(load_model(model_path, "cpu", app="nlp"), args.threads)
     int8 = with_threads(load_model(int8_path, "cpu", app="nlp"), args.threads) if int8_path.is_file() else None
-    cfg = checkpoint_app_config(APP, ckpt)
+    cfg = app_config(APP, read_checkpoint(ckpt))
     task, _ = load_checkpoint(APP, ckpt, cfg, with_data=False)
     net = task.net.eval()
     real = tokenizer_of(fp32).encode("an honest review of a product that mostly works as described " * 20).ids

@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
 
-    size = load_model(args.model, "cpu").meta["preprocess"]["size"]
+    size = load_model(args.model, "cpu").contract.preprocess["size"]
     pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     path = Path("/tmp/deepapps_bench.png")
     Image.fromarray(pixels).save(path)

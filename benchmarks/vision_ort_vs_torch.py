@@ -59,8 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         example = torch.from_numpy(rng.integers(0, 256, (4, args.size, args.size, 3), dtype=np.uint8))
-        meta = {"app": "vision", "task": "multiclass", "labels": [str(i) for i in range(10)],
-                "inputs": [{"name": "pixels"}],
+        meta = {"app": "vision", "family": "image_classification", "task": "multiclass",
+                "labels": [str(i) for i in range(10)], "inputs": [{"name": "pixels", "dtype": "uint8"}],
+                "outputs": [{"name": "probabilities", "dtype": "float32"}],
                 "preprocess": {"size": args.size, "crop_pct": cfg["crop_pct"],
                                "interpolation": cfg["interpolation"], "channels": 3}}
         export_onnx(eager, (example,), path, ["pixels"], meta)

@@ -74,7 +74,7 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, raw: object, where: str, check: _Checker) -> TensorSpec:
-        spec = check.mapping(raw, where)
+        spec, where = check.mapping(raw, where), where + "."
         rest = {k: v for k, v in spec.items() if k not in ("name", "dtype", "shape", "layout")}
         return cls(check.text(spec, "name", where), check.text(spec, "dtype", where),
                    check.optional(spec, "shape", list, where), check.optional(spec, "layout", str, where), rest)
@@ -168,7 +168,8 @@ class Forecast:
     def from_json(cls, meta: dict, check: _Checker) -> Forecast:
         pre = meta["preprocess"]
         where = "preprocess."
-        quantiles = pre.get("quantiles")
+        targets, look_back = check.strings(pre, "targets", where), check.integer(pre, "look_back", where)
+        horizon, quantiles = check.integer(pre, "horizon", where), check.present(pre, "quantiles", where)
         if not isinstance(quantiles, list) or not all(check.is_number(q) for q in quantiles) or 0.5 not in quantiles:
             check.fail(where + "quantiles", "a list of levels including 0.5")
         calibration = meta.get("interval_calibration", pre.get("interval_calibration"))  # schema 1 kept a copy there
@@ -177,13 +178,14 @@ class Forecast:
         ets = meta.get("ets")
         if ets is not None and not (isinstance(ets, dict) and {"alpha", "beta", "gamma", "phi"} <= set(ets)):
             check.fail("ets", "null or an object with alpha, beta, gamma and phi")
-        return cls(check.strings(pre, "targets", where), check.integer(pre, "look_back", where),
-                   check.integer(pre, "horizon", where), [float(q) for q in quantiles],
-                   check.optional(pre, "freq", str, where), check.optional(pre, "season_length", int, where),
-                   calibration, ets)
+        return cls(targets, look_back, horizon, [float(q) for q in quantiles], check.optional(pre, "freq", str, where),
+                   check.optional(pre, "season_length", int, where), calibration, ets)
 
 
 Kind = Classification | Forecast
+
+#: the output every classifier's graph ends in: (batch, labels) softmax or sigmoid probabilities
+PROBABILITIES = TensorSpec("probabilities", "float32")
 
 
 @dataclass(frozen=True)

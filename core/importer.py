@@ -134,8 +134,9 @@ def main(argv: list[str]) -> int:
 
     parser = OneLineParser(prog="deepapps import", allow_abbrev=False,
                            description="wrap a classifier exported by another framework into a deepapps model")
-    parser.add_argument("--app", default="vision",
-                        choices=[name for name, spec in discover_apps().items() if spec.family == FAMILY])
+    apps = {name: spec for name, spec in discover_apps().items() if spec.family == FAMILY}
+    parser.add_argument("--app", choices=list(apps), help="the app whose model it becomes (default: the general one)",
+                        default=next((name for name, spec in apps.items() if spec.family_default), None))
     parser.add_argument("--onnx", required=True, type=Path, help="the foreign .onnx classifier")
     parser.add_argument("--labels", required=True, help="comma-separated class names, or @FILE with one per line")
     parser.add_argument("--size", type=int, default=224)
@@ -147,6 +148,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--crop-pct", dest="crop_pct", type=float, default=1.0)
     parser.add_argument("--out", type=Path, help="default: FOREIGN.deepapps.onnx")
     args = parser.parse_args(argv)
+    if args.app is None:
+        raise ConfigError("deepapps import: give --app (one of: " + ", ".join(apps) + ")")
     if args.labels.startswith("@"):
         labels = [l.strip() for l in Path(args.labels[1:]).read_text().splitlines() if l.strip()]
     else:

@@ -57,6 +57,8 @@ class AppSpec:
         training: `module:Class` of its core.training.interface.Training (the torch side).
         serving: `module:Class` of its core.runtime.interface.Serving (torch-free).
         commands: extra commands of this app.
+        family_default: the general app of its family (`deepapps import` wraps foreign models for
+            it unless told otherwise).
     """
 
     name: str
@@ -67,6 +69,7 @@ class AppSpec:
     training: str
     serving: str
     commands: tuple[AppCommand, ...] = ()
+    family_default: bool = False
 
     @property
     def default_config(self) -> Path:

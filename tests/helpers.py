@@ -53,10 +53,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, *options: str):
+    def __init__(self, model: Path, *options: str, python: str = sys.executable):
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "deepapps.core.cli", "serve", "--model", str(model), "--port", str(self.port), *options],
+            [python, "-m", "deepapps.core.cli", "serve", "--model", str(model), "--port", str(self.port), *options],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 60

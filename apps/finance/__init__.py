@@ -1,1 +1,1 @@
-"""Finance apps: fraud detection (`fraud`) and forecasting (`forecast`); `tables` is shared."""
+"""Finance apps: fraud detection (`fraud`) and forecasting (`forecast`), one folder each."""

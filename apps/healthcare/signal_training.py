@@ -21,12 +21,11 @@ from deepapps.apps.healthcare.signal_models import (
     SIGNAL_NETS, FCN, DftSpectrogram, ResNet1d, SignalClassifier, SignalFrontEnd, SpectrogramEncoder, fir_kernel,
 )
 from deepapps.apps.healthcare.signals import SignalSettings, SignalSource, open_signal_source
-from deepapps.core.contract import Classification, TensorSpec, problem_type
+from deepapps.core.contract import PROBABILITIES, Classification, TensorSpec, problem_type
 from deepapps.core.data.class_weights import class_weights
 from deepapps.core.data.splits import check_splits
 from deepapps.core.errors import ConfigError
 from deepapps.core.runtime.io import atomic_write
-from deepapps.core.training.image_family import PROBABILITIES
 from deepapps.core.training.interface import Built, Saved
 
 INPUT_NAME = "signal"

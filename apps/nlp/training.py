@@ -10,15 +10,15 @@ import torch
 from deepapps.apps.nlp.config import NlpFitConfig
 from deepapps.apps.nlp.data import TextDataModule
 from deepapps.apps.nlp.model import TextClassifier, layer_depth, load_encoder
-from deepapps.core.contract import Classification, TensorSpec, problem_type
+from deepapps.core.contract import PROBABILITIES, Classification, TensorSpec, problem_type
 from deepapps.core.training.classifier import ClassificationModule
 from deepapps.core.training.heads import WithProbabilities
-from deepapps.core.training.image_family import PROBABILITIES
 from deepapps.core.training.interface import Built, FitRun, Saved, Served, Training
-from deepapps.core.training.optim import TEXT_SCHEDULES, LrSchedule
+from deepapps.core.training.optim import LrSchedule
 
 log = logging.getLogger("deepapps.nlp")
 INPUTS = ("input_ids", "attention_mask")
+TEXT_SCHEDULES = ("linear", "cosine", "constant")  # TextOptimConfig.schedule
 FAMILY = "text_classification"
 
 

@@ -16,4 +16,5 @@ APP = AppSpec(
     configs_dir=Path(__file__).parent / "configs",
     training="deepapps.core.training.image_family:ImageTraining",
     serving="deepapps.core.runtime.image_classification:ImageServing",
+    family_default=True,
 )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from deepapps.core.config import ImageFitConfig
-from deepapps.core.contract import Classification, TensorSpec, problem_type
+from deepapps.core.contract import PROBABILITIES, Classification, TensorSpec, problem_type
 from deepapps.core.runtime.images import ImageSpec
 from deepapps.core.training.backbones import create_timm_model, data_config
 from deepapps.core.training.image_data import ImageDataModule
@@ -20,7 +20,6 @@ from deepapps.core.training.interface import Built, Saved, Training
 
 FAMILY = "image_classification"
 INPUT_NAME = "pixels"
-PROBABILITIES = TensorSpec("probabilities", "float32")
 
 
 def build_image_classifier(

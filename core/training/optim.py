@@ -10,8 +10,7 @@ from torch import nn
 
 from deepapps.core.errors import ConfigError
 
-SCHEDULES = ("cosine", "onecycle", "constant")  # the image and tabular configs' choices
-TEXT_SCHEDULES = ("linear", "cosine", "constant")  # the nlp config's
+SCHEDULES = ("cosine", "onecycle", "constant")  # the default choices (OptimConfig)
 
 
 class LrSchedule:

@@ -53,18 +53,3 @@ def test_serve_requirements_equal_the_serve_extra():
     lines = [l for l in (DEPLOY / "requirements-serve.txt").read_text().splitlines() if l and not l.startswith("#")]
     assert lines == extra
     assert not any(name.startswith(("torch", "timm", "transformers", "pytorch")) for name in lines)
-
-
-@pytest.mark.slow
-def test_serve_install_works_in_a_fresh_venv_without_torch(tmp_path, tiny_run, image_folder):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "--no-deps", str(REPO)], check=True)
-    subprocess.run([*pip, "-r", str(DEPLOY / "requirements-serve.txt")], check=True)
-    python = str(venv / "bin" / "python")
-    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0
-    result = subprocess.run([str(venv / "bin" / "deepapps"), "vision", "predict", "--model",
-                             str(tiny_run / "model.onnx"), str(image_folder)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("\n") == 49

@@ -13,10 +13,9 @@ from deepapps.apps.finance.fraud.data import TabularDataModule
 from deepapps.apps.finance.fraud.features import LABELS, FeatureSpec
 from deepapps.apps.finance.fraud.model import create_model, served_module
 from deepapps.apps.finance.fraud.scoring import cost_threshold, decision_metrics, fraud_metrics
-from deepapps.core.contract import Classification, TensorSpec
+from deepapps.core.contract import PROBABILITIES, Classification, TensorSpec
 from deepapps.core.errors import ConfigError
 from deepapps.core.training.classifier import ClassificationModule
-from deepapps.core.training.image_family import PROBABILITIES
 from deepapps.core.training.interface import Built, FitRun, PostFit, Saved, Served, Training
 
 log = logging.getLogger("deepapps.fraud")
