@@ -248,13 +248,11 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
     if args.engine == "spark":
         return _predict_spark(args)
     say_provider(model)
-    result = serving.predict(model, args)
-    if result.table is None:
-        pass  # the app wrote args.out itself
-    elif args.out:
+    result = serving.predict(model, args)  # a table, or None when the app wrote args.out itself
+    if result.table is not None and args.out:
         write_table(args.out, result.table)
         print(f"wrote {result.rows} rows to {args.out}", file=sys.stderr)
-    else:
+    elif result.table is not None:
         sys.stdout.write(result.table.write_csv())
     if result.message:
         print(result.message, file=sys.stderr)

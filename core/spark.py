@@ -25,12 +25,15 @@ from deepapps.core.errors import DeepappsError
 OUTPUT_COLUMNS = ("prediction", "error")
 
 
-def score_dataframe(frame, model_path: str, column: str, batch_size: int = 256):
-    """A Spark DataFrame with `prediction` and `error` columns added (lazy, like any transformation)."""
+def score_dataframe(frame, model_path: str, column: str | None, batch_size: int = 256):
+    """A Spark DataFrame with `prediction` and `error` columns added (lazy, like any transformation).
+
+    `column` holds one item per row; None hands the app each row as a dict of its columns
+    (a transaction, for fraud)."""
     from pyspark import SparkFiles
     from pyspark.sql.types import StringType, StructField, StructType
 
-    if column not in frame.columns:
+    if column is not None and column not in frame.columns:
         raise DeepappsError(f"input has no column {column!r} (columns: {frame.columns})")
     spark = frame.sparkSession
     local = _local_copy(model_path)
@@ -43,13 +46,15 @@ def score_dataframe(frame, model_path: str, column: str, batch_size: int = 256):
         for batch in batches:
             for start in range(0, len(batch), batch_size):
                 chunk = batch.iloc[start : start + batch_size].copy()
-                chunk["prediction"], chunk["error"] = _score_items(model, runtime, chunk[column].tolist())
+                items = chunk[column].tolist() if column is not None else chunk.to_dict("records")
+                chunk["prediction"], chunk["error"] = _score_items(model, runtime, items)
                 yield chunk
 
     return frame.mapInPandas(score, schema)
 
 
-def score_parquet(input_path: str, output_path: str, model_path: str, column: str, master: str = "local[*]") -> int:
+def score_parquet(input_path: str, output_path: str, model_path: str, column: str | None,
+                  master: str = "local[*]") -> int:
     """Read Parquet, score, write Parquet; returns the number of rows written."""
     from pyspark.sql import SparkSession
 

@@ -63,9 +63,10 @@ def quantize_and_measure(src: Path, out: Path, data_path: str | None = None, spl
 
     `data_path` defaults to the training data recorded in the model (so `split` is the same carve).
     """
-    from deepapps.apps.nlp.runtime import evaluate
+    from deepapps.apps.nlp.runtime import NlpServing
     from deepapps.core.runtime.session import load_model
 
+    evaluate = NlpServing().evaluate
     fp32 = load_model(src, provider="cpu", app="nlp")  # first: a missing file or another app's model stops here
     data_path = data_path or fp32.contract.train.data_config.get("path")
     before = fp32_metrics or evaluate(fp32, data_path, split).metrics  # bad data or split: stop before writing

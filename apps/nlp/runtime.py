@@ -46,16 +46,6 @@ def score_texts(model: OnnxModel, texts: list[str], batch_size: int = 32) -> tup
     return score_ids(model, seqs, batch_size), truncated
 
 
-# --- predict -------------------------------------------------------------------------------
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", help="text file (one text per line) or CSV/TSV/Parquet/JSONL table")
-    parser.add_argument("--text", action="append", default=[], help="a text to score (repeat for several)")
-    parser.add_argument("--column", default="text", help="text column of a table input")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
-
-
 def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
     """(source, text or None, error) per item; a non-UTF-8 line or empty text is an error item."""
     items = [("--text", t, "") for t in args.text]
@@ -79,107 +69,91 @@ def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
     return items
 
 
-def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
-    """Score every text; empty or undecodable ones become error rows. Returns (table, failures)."""
-    items = read_inputs(args)
-    rows = []
-    for source, text, error in items:
-        if not error and (text is None or not text.strip()):
-            error = "empty text"
-        rows.append({"source": source, "text": text, "error": error})
-    ok = [i for i, r in enumerate(rows) if not r["error"]]
-    probs, truncated = score_texts(model, [rows[i]["text"] for i in ok], args.batch_size)
-    if truncated:
-        print(f"warning: {truncated} texts longer than {model.contract.preprocess['max_length']} tokens "
-              "were truncated", file=sys.stderr)
-    for i, p in zip(ok, probs):
-        top = int(np.argmax(p))
-        rows[i] |= {"label": model.labels[top], "probability": round(float(p[top]), 6)}
-        rows[i] |= {f"p_{name}": round(float(v), 6) for name, v in zip(model.labels, p)}
-    for r in rows:
-        if r["error"]:
-            print(f"error: {r['source']}: {r['error']}", file=sys.stderr)
-    schema = {"source": pl.String, "text": pl.String, "label": pl.String, "probability": pl.Float64}
-    schema |= {f"p_{name}": pl.Float64 for name in model.labels} | {"error": pl.String}
-    table = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
-    return Predictions.of(table, sum(1 for r in rows if r["error"]))
-
-
-# --- evaluate ------------------------------------------------------------------------------
-
-
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32) -> ClassificationEvaluation:
-    """Metrics of the ONNX model on `split` of the data, carved exactly as in fit."""
-    from deepapps.core.metrics import classification_metrics
-
-    cfg = model.contract.train.data_config
-    table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),
-                          cfg.get("label_names"), labels=model.labels)
-    if split == "all":
-        rows = np.arange(len(table.texts))
-    else:
-        if model.contract.schema_version < 2:
-            print(f"warning: {model.path} was made by deepapps 0.1, which carved text splits another way; "
-                  f"its {split} rows are re-carved by today's rule and may include rows it trained on", file=sys.stderr)
-        splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
-                                  cfg.get("split_seed", 0))
-        if split not in splits:
-            raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
-        rows = splits[split]
-    if not len(rows):
-        raise DataError(f"{data_path}: the {split} split is empty")
-    probs, _ = score_texts(model, [table.texts[i] for i in rows], batch_size)
-    targets = table.targets[rows]
-    problem = model.contract.task
-    metrics = {"split": split, "data": data_path} | classification_metrics(problem, targets, probs, model.labels)
-    return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
-
-
-# --- HTTP serving adapter (core.serving) ---------------------------------------------------
-
-
-def decode_item(model: OnnxModel, item: dict | bytes) -> list[int]:
-    """`{"text": "..."}` (or raw UTF-8 bytes) -> token ids.
-
-    Raises:
-        DataError: one line saying what is wrong with the item.
-    """
-    if isinstance(item, (bytes, bytearray)):
-        try:
-            item = {"text": bytes(item).decode("utf-8")}
-        except UnicodeDecodeError:
-            raise DataError("text: not UTF-8") from None
-    if isinstance(item, str):  # a Spark column of texts
-        item = {"text": item}
-    if not isinstance(item, dict) or set(item) != {"text"} or not isinstance(item["text"], str):
-        raise DataError(f"expected {{\"text\": \"...\"}}, got {sorted(item) if isinstance(item, dict) else type(item).__name__}")
-    if not item["text"].strip():
-        raise DataError("text: empty")
-    return encode(tokenizer_of(model), [item["text"]])[0][0]
-
-
-def run_items(model: OnnxModel, items: list[list[int]]) -> list[dict]:
-    """One ONNX Runtime call for a micro-batch: items of different lengths padded together."""
-    probs = score_ids(model, items, batch_size=max(1, len(items)))
-    return [prediction(p, model) for p in probs]
-
-
 class NlpServing(Serving):
     """Texts from --text, text files (a line each) or tables; tokenised with `tokenizers` only."""
 
     spark_column = "text"
 
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_predict_arguments(parser)
+        parser.add_argument("inputs", nargs="*", help="text file (one text per line) or CSV/TSV/Parquet/JSONL table")
+        parser.add_argument("--text", action="append", default=[], help="a text to score (repeat for several)")
+        parser.add_argument("--column", default="text", help="text column of a table input")
+        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
 
     def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
-        return predict(model, args)
+        """Score every text; empty or undecodable ones become error rows. Returns (table, failures)."""
+        items = read_inputs(args)
+        rows = []
+        for source, text, error in items:
+            if not error and (text is None or not text.strip()):
+                error = "empty text"
+            rows.append({"source": source, "text": text, "error": error})
+        ok = [i for i, r in enumerate(rows) if not r["error"]]
+        probs, truncated = score_texts(model, [rows[i]["text"] for i in ok], args.batch_size)
+        if truncated:
+            print(f"warning: {truncated} texts longer than {model.contract.preprocess['max_length']} tokens "
+                  "were truncated", file=sys.stderr)
+        for i, p in zip(ok, probs):
+            top = int(np.argmax(p))
+            rows[i] |= {"label": model.labels[top], "probability": round(float(p[top]), 6)}
+            rows[i] |= {f"p_{name}": round(float(v), 6) for name, v in zip(model.labels, p)}
+        for r in rows:
+            if r["error"]:
+                print(f"error: {r['source']}: {r['error']}", file=sys.stderr)
+        schema = {"source": pl.String, "text": pl.String, "label": pl.String, "probability": pl.Float64}
+        schema |= {f"p_{name}": pl.Float64 for name in model.labels} | {"error": pl.String}
+        table = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+        return Predictions.of(table, sum(1 for r in rows if r["error"]))
 
-    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
-        return evaluate(model, data_path, split)
+    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test",
+                 batch_size: int = 32) -> ClassificationEvaluation:
+        """Metrics of the ONNX model on `split` of the data, carved exactly as in fit."""
+        from deepapps.core.metrics import classification_metrics
 
-    def decode_item(self, model: OnnxModel, item: dict | bytes | str) -> list[int]:
-        return decode_item(model, item)
+        cfg = model.contract.train.data_config
+        table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),
+                              cfg.get("label_names"), labels=model.labels)
+        if split == "all":
+            rows = np.arange(len(table.texts))
+        else:
+            if model.contract.schema_version < 2:
+                print(f"warning: {model.path} was made by deepapps 0.1, which carved text splits another way; "
+                      f"its {split} rows are re-carved by today's rule and may include rows it trained on",
+                      file=sys.stderr)
+            splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
+                                      cfg.get("split_seed", 0))
+            if split not in splits:
+                raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
+            rows = splits[split]
+        if not len(rows):
+            raise DataError(f"{data_path}: the {split} split is empty")
+        probs, _ = score_texts(model, [table.texts[i] for i in rows], batch_size)
+        targets = table.targets[rows]
+        problem = model.contract.task
+        metrics = {"split": split, "data": data_path} | classification_metrics(problem, targets, probs, model.labels)
+        return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
+
+    def decode_item(self, model: OnnxModel, item: dict | bytes) -> list[int]:
+        """`{"text": "..."}` (or raw UTF-8 bytes) -> token ids.
+
+        Raises:
+            DataError: one line saying what is wrong with the item.
+        """
+        if isinstance(item, (bytes, bytearray)):
+            try:
+                item = {"text": bytes(item).decode("utf-8")}
+            except UnicodeDecodeError:
+                raise DataError("text: not UTF-8") from None
+        if isinstance(item, str):  # a Spark column of texts
+            item = {"text": item}
+        if not isinstance(item, dict) or set(item) != {"text"} or not isinstance(item["text"], str):
+            got = sorted(item) if isinstance(item, dict) else type(item).__name__
+            raise DataError(f'expected {{"text": "..."}}, got {got}')
+        if not item["text"].strip():
+            raise DataError("text: empty")
+        return encode(tokenizer_of(model), [item["text"]])[0][0]
 
     def run_items(self, model: OnnxModel, items: list[list[int]]) -> list[dict]:
-        return run_items(model, items)
+        """One ONNX Runtime call for a micro-batch: items of different lengths padded together."""
+        probs = score_ids(model, items, batch_size=max(1, len(items)))
+        return [prediction(p, model) for p in probs]

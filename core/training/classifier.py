@@ -152,14 +152,7 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         """AdamW; the backbone at `backbone_lr_ratio` x lr (0 while frozen), `lr_scale` per parameter."""
-        in_backbone = set()
-        if self.backbone is not None:
-            in_backbone = {id(p) for p in self.backbone.parameters()}
-        names = {name: id(p) for name, p in self.named_parameters()}
-
-        def scale(name: str) -> float:
-            ratio = self.backbone_lr_ratio if names[name] in in_backbone else 1.0
-            return ratio * (self.lr_scale(name) if self.lr_scale else 1.0)
-
-        return adamw(self, self.optim, self.trainer, lr_scale=scale, frozen=lambda name: names[name] in in_backbone,
-                     freeze_epochs=self.freeze_epochs, choices=self.schedules)
+        in_backbone = {id(p) for p in self.backbone.parameters()} if self.backbone is not None else set()
+        ids = {name: id(p) for name, p in self.named_parameters()}
+        return adamw(self, self.optim, self.trainer, lr_scale=self.lr_scale, in_backbone=lambda n: ids[n] in in_backbone,
+                     backbone_lr_ratio=self.backbone_lr_ratio, freeze_epochs=self.freeze_epochs, choices=self.schedules)

@@ -51,26 +51,29 @@ class LrSchedule:
 
 def adamw(
     module: nn.Module, optim, trainer, lr_scale: Callable[[str], float] | None = None,
-    frozen: Callable[[str], bool] | None = None, freeze_epochs: int = 0, choices: tuple[str, ...] = SCHEDULES,
+    in_backbone: Callable[[str], bool] | None = None, backbone_lr_ratio: float = 1.0, freeze_epochs: int = 0,
+    choices: tuple[str, ...] = SCHEDULES,
 ) -> dict:
     """AdamW with a per-step LambdaLR, as `configure_optimizers` returns them.
 
-    Parameters are grouped by (learning-rate scale, frozen, decay): weight decay on weights
-    (ndim > 1) only, never on biases and norms.
+    Parameters are grouped by (learning-rate scale, in the backbone, decay): weight decay on
+    weights (ndim > 1) only, never on biases and norms; groups come in the order of the
+    parameters (which is the order the clipped gradient norm sums them in).
 
     Args:
         module: the LightningModule (its named parameters).
         optim: the config's `lr`, `weight_decay`, `schedule` and `warmup_fraction`.
         trainer: the Trainer (total steps, epochs).
-        lr_scale: parameter name -> factor on `lr` (layer-wise decay, a slower backbone).
-        frozen: parameter name -> whether it sits out the first `freeze_epochs` (lr 0).
+        lr_scale: parameter name -> factor on its group's `lr` (layer-wise decay).
+        in_backbone: parameter name -> whether it belongs to the pretrained backbone, whose
+            schedule is 0 for the first `freeze_epochs` and `backbone_lr_ratio` x after.
         choices: the schedules the config offers.
     """
     groups: dict[tuple[float, bool, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
-        key = (lr_scale(name) if lr_scale else 1.0, bool(frozen and frozen(name)), p.ndim > 1)
+        key = (lr_scale(name) if lr_scale else 1.0, bool(in_backbone and in_backbone(name)), p.ndim > 1)
         groups.setdefault(key, []).append(p)
-    keys = list(groups)  # in the order the parameters come: that order sums the clipped gradient norm
+    keys = list(groups)
     optimizer = torch.optim.AdamW(
         [{"params": groups[k], "lr": optim.lr * k[0], "weight_decay": optim.weight_decay if k[2] else 0.0}
          for k in keys],
@@ -79,6 +82,8 @@ def adamw(
     total = max(1, int(trainer.estimated_stepping_batches))
     warmup = int(total * optim.warmup_fraction)
     frozen_steps = total * freeze_epochs // max(1, trainer.max_epochs)
-    lambdas = [LrSchedule(optim.schedule, warmup, total, frozen_steps if k[1] else 0, choices=choices) for k in keys]
+    lambdas = [LrSchedule(optim.schedule, warmup, total, frozen_steps if backbone else 0,
+                          backbone_lr_ratio if backbone else 1.0, choices)
+               for _, backbone, _ in keys]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -103,7 +103,9 @@ def test_predict_derives_calendar_and_reads_covariates(covariate_run, tmp_path):
 
 def test_serving_needs_timestamp_and_covariates(covariate_run):
     from deepapps.core.errors import DataError
-    from deepapps.apps.finance.forecast.runtime import decode_item, run_items
+    from deepapps.apps.finance.forecast.runtime import ForecastServing
+
+    decode_item, run_items = ForecastServing().decode_item, ForecastServing().run_items
 
     run_dir, _ = covariate_run
     model = load_model(run_dir / "model.onnx", "cpu")

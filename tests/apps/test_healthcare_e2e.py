@@ -262,10 +262,11 @@ def test_multiclass_and_multilabel_medmnist_tasks(kind, tmp_path, capsys):
 def test_http_adapter_takes_png_and_dicom_uploads(run, npz, tmp_path):
     import base64
 
-    from deepapps.apps.healthcare import runtime
+    from deepapps.apps.healthcare.runtime import HealthcareServing
     from deepapps.core.errors import DataError
     from deepapps.core.runtime.session import load_model
 
+    runtime = HealthcareServing()
     model = load_model(run / "model.onnx", "cpu", app="healthcare")
     image = np.load(npz)["test_images"][0]
     dicom = write_dicom(tmp_path / "u.dcm", image.astype(np.uint16) * 256).read_bytes()

@@ -259,9 +259,10 @@ def test_explain_refuses_a_signal_checkpoint_in_one_line(run, ucr, capsys):
 
 
 def test_http_adapter_checks_and_scores_signals(run):
-    from deepapps.apps.healthcare import runtime
+    from deepapps.apps.healthcare.runtime import HealthcareServing
     from deepapps.core.runtime.session import load_model
 
+    runtime = HealthcareServing()
     model = load_model(run / "model.onnx", "cpu", app="healthcare")
     signals, _ = synthetic_ecg(3, LENGTH, seed=9)
     items = [runtime.decode_item(model, {"signal": s.tolist()}) for s in signals]

@@ -63,9 +63,6 @@ def _undo_calibration(q: np.ndarray, kind: Forecast) -> np.ndarray | None:
     return median + (q - median) / np.maximum(scale, 1e-12)[:, None, :]
 
 
-# --- evaluate ------------------------------------------------------------------------------
-
-
 @dataclass
 class SplitWindows:
     """Every stride-1 window of one split, as the model takes them, with the training statistics."""
@@ -112,44 +109,6 @@ def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> Spli
                         train, mean, std, table, ranges)
 
 
-def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ForecastEvaluation:
-    """Rolling-origin backtest (stride 1) over every window of `split`, against baselines.
-
-    MSE and MAE are on the z-scale of the training statistics (the ETT protocol); MASE and
-    sMAPE on the raw scale; coverage and width of the outer quantile interval.
-    """
-    kind = model.contract.forecast
-    L, H, qs = kind.look_back, kind.horizon, kind.quantiles
-    w = split_windows(model, data_path, split)
-    x, y, mean, std, table, ranges = w.x, w.y, w.mean, w.std, w.table, w.ranges
-    season = kind.season_length or season_length(table.freq)
-    q = forecast(model, x, batch_size, w.calendar, w.covariates).astype(np.float64)  # (N, H, C, Q)
-    median = q[..., kind.median_index]
-    points = {"model": median,
-              "last_value": baselines.last_value(x, H),
-              "seasonal_naive": baselines.seasonal_naive(x, H, season)}
-    if kind.ets is not None:  # smoothing parameters fitted on the training part at fit time
-        ets = kind.ets
-        params = np.asarray([ets["alpha"], ets["beta"], ets["gamma"], ets["phi"]], dtype=np.float64)  # (4, C)
-        points["ets"] = baselines.ets(x, H, ets.get("season_length", season), params)
-    scale = _mase_scale(table, ranges, season)  # (C,)
-    metrics = {"split": split, "data": data_path, "windows": int(len(x)), "look_back": L, "horizon": H,
-               "season_length": season}
-    metrics |= point_metrics(median, y, mean, std, scale)
-    lo, hi = q[..., 0], q[..., -1]
-    metrics["coverage"] = float(np.mean((y >= lo) & (y <= hi)))
-    metrics["nominal_coverage"] = round(qs[-1] - qs[0], 6)
-    metrics["interval_width"] = float(np.mean((hi - lo) / std))
-    raw = _undo_calibration(q, kind)
-    if raw is not None:
-        metrics["coverage_uncalibrated"] = float(np.mean((y >= raw[..., 0]) & (y <= raw[..., -1])))
-        metrics["interval_width_uncalibrated"] = float(np.mean((raw[..., -1] - raw[..., 0]) / std))
-    metrics["baselines"] = {name: point_metrics(points[name], y, mean, std, scale) for name in BASELINES if name in points}
-    by_step = {name: np.mean(((p - y) / std) ** 2, axis=(0, 2)).tolist() for name, p in points.items()}
-    picks = np.linspace(0, len(x) - 1, min(4, len(x))).astype(int)
-    return ForecastEvaluation(metrics, qs, kind.targets, x[picks], y[picks], q[picks], by_step)
-
-
 def point_metrics(pred: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray) -> dict:
     """mse, mae (z-scale), mase, smape (raw scale, percent) of point forecasts (N, H, C)."""
     z_err = (pred - y) / std
@@ -176,80 +135,6 @@ def _mase_scale(table, ranges: list[dict], season: int) -> np.ndarray:
     return np.maximum(scale, 1e-8)
 
 
-# --- predict -------------------------------------------------------------------------------
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs=1, metavar="history", help="CSV or Parquet history with the training "
-                        "columns; the latest look-back of each series is forecast")
-    parser.add_argument("--series", help="comma-separated series ids to forecast (default: every series)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=256)
-
-
-def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
-    """Forecast the next H steps of every series; a series that cannot be forecast is an error row.
-
-    Rows: series_id, timestamp, target, step, one column per quantile (p10, p50, ...), filled, error.
-    """
-    pre, kind = model.contract.preprocess, model.contract.forecast
-    L, H, qs, targets, freq = kind.look_back, kind.horizon, kind.quantiles, kind.targets, kind.freq
-    if not freq:
-        raise DeepappsError(f"{model.path}: the model does not record its data frequency")
-    history = args.inputs[0]
-    df = read_frame(history)
-    id_col, covariates, calendar = pre["id_column"], pre.get("covariates") or [], pre.get("calendar") or []
-    needed = [pre["timestamp"], *targets, *covariates]
-    for column in [*needed, *([id_col] if id_col else [])]:
-        if column not in df.columns:
-            raise DataError(f"{history}: no column {column!r} (the model needs {', '.join(needed)})")
-    ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
-    parts = {key[0]: part.drop("__sid") for key, part in
-             df.with_columns(ids.alias("__sid")).partition_by("__sid", maintain_order=True, as_dict=True).items()}
-    wanted = [s.strip() for s in args.series.split(",")] if args.series else list(parts)
-    rows, ok_ids, histories, futures, filled, cals, covs = [], [], [], [], [], [], []
-    for sid in wanted:
-        try:
-            if sid not in parts:
-                raise DataError(f"unknown series id {sid!r}: not in {history}")
-            table = prepare_frame(parts[sid], history, pre["timestamp"], targets, id_col, freq, pre["fill"],
-                                  covariates)
-            series = table.series[0]
-            if len(series.values) < L:
-                raise DataError(f"series {sid or '(single)'} has {len(series.values)} steps; the model needs {L} (look-back)")
-            window = series.values[-L:]
-            if not np.isfinite(window).all():
-                raise DataError(f"series {sid or '(single)'}: non-finite values in the latest window")
-            if covariates:
-                past = series.covariates[-L:]
-                if not np.isfinite(past).all():
-                    raise DataError(f"series {sid or '(single)'}: non-finite covariate values in the latest window")
-                covs.append(past)
-            future = np.array(future_timestamps(series.timestamps[-1], freq, H), dtype="datetime64[us]")
-            if calendar:
-                cals.append(calendar_features(np.concatenate([series.timestamps[-L:], future]), calendar, pre.get("holidays")))
-            histories.append(window)
-            futures.append(future.tolist())  # datetime objects, as the output column takes them
-            filled.append(int(series.filled))
-            ok_ids.append(sid)
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            rows.append(_error_row(sid, str(exc), qs))
-    if histories:
-        quantiles = forecast(model, np.stack(histories), args.batch_size, np.stack(cals) if cals else None,
-                             np.stack(covs) if covs else None)  # (S, H, C, Q)
-        for sid, stamps, n_filled, q in zip(ok_ids, futures, filled, quantiles):
-            for c, target in enumerate(targets):
-                for h in range(H):
-                    rows.append({"series_id": sid, "timestamp": stamps[h], "target": target, "step": h + 1}
-                                | {_qname(level): float(q[h, c, k]) for k, level in enumerate(qs)}
-                                | {"filled": n_filled, "error": None})
-    order = {sid: i for i, sid in enumerate(wanted)}
-    rows.sort(key=lambda r: order[r["series_id"]])
-    schema = {"series_id": pl.String, "timestamp": pl.Datetime("us"), "target": pl.String, "step": pl.Int64,
-              **{_qname(level): pl.Float64 for level in qs}, "filled": pl.Int64, "error": pl.String}
-    return Predictions.of(pl.DataFrame(rows, schema=schema), sum(1 for r in rows if r["error"]))
-
-
 def _qname(level: float) -> str:
     return f"p{100 * level:g}"
 
@@ -257,29 +142,6 @@ def _qname(level: float) -> str:
 def _error_row(sid: str, error: str, qs: list[float]) -> dict:
     return {"series_id": sid, "timestamp": None, "target": None, "step": None,
             **{_qname(level): None for level in qs}, "filled": None, "error": error}
-
-
-# --- HTTP serving adapter (core.serving): one history window in, its quantiles out ----------
-
-
-def decode_item(model: OnnxModel, item: dict) -> tuple[np.ndarray, str | None, dict]:
-    """`{"history": [[v_1..v_C] x L], "last_timestamp": "..."?, "covariates": [[..P] x L]?}` ->
-    ((L, C) window, last time, extra inputs). Models with calendar features need `last_timestamp`
-    (the features are generated from it), models with covariates need `covariates`."""
-    kind = model.contract.forecast
-    L, C = kind.look_back, len(kind.targets)
-    if not isinstance(item, dict) or "history" not in item:
-        raise DataError(f'expected {{"history": [[...{C} values] x {L} rows], "last_timestamp": optional}}')
-    try:
-        window = np.asarray(item["history"], dtype=np.float32).reshape(-1, C) if C == 1 else np.asarray(
-            item["history"], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise DataError("history: not a list of numbers") from None
-    if window.shape != (L, C):
-        raise DataError(f"history: shape {window.shape}, the model needs ({L}, {C}) = look-back x targets")
-    if not np.isfinite(window).all():
-        raise DataError("history: NaN or infinite values")
-    return window, item.get("last_timestamp"), _decode_extra(model.contract.preprocess, kind, item)
 
 
 def _decode_extra(pre: dict, kind: Forecast, item: dict) -> dict:
@@ -305,43 +167,157 @@ def _decode_extra(pre: dict, kind: Forecast, item: dict) -> dict:
     return extra
 
 
-def run_items(model: OnnxModel, items: list[tuple[np.ndarray, str | None, dict]]) -> list[dict]:
-    """One ONNX Runtime call for a micro-batch of windows."""
-    kind = model.contract.forecast
-    extras = {name: np.stack([e[name] for _, _, e in items]) for name in items[0][2]}
-    quantiles = forecast(model, np.stack([w for w, _, _ in items]), calendar=extras.get("calendar"),
-                         covariates=extras.get("covariates"))  # (N, H, C, Q)
-    out = []
-    for (_, last, _), q in zip(items, quantiles):
-        result = {"targets": kind.targets} | {
-            _qname(level): np.round(q[..., k].astype(np.float64), 6).tolist() for k, level in enumerate(kind.quantiles)
-        }
-        if last and kind.freq:
-            try:
-                stamps = future_timestamps(np.datetime64(last), kind.freq, kind.horizon)
-                result["timestamps"] = [str(s) for s in stamps]
-            except ValueError:
-                result["timestamps_error"] = f"last_timestamp {last!r} is not a timestamp"
-        out.append(result)
-    return out
-
-
 class ForecastServing(Serving):
     """Forecast the latest window of every series of a history file; backtest on every test window."""
 
     spark_column = None  # a request item is a JSON object (history, last_timestamp, covariates)
 
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_predict_arguments(parser)
+        parser.add_argument("inputs", nargs=1, metavar="history", help="CSV or Parquet history with the training "
+                            "columns; the latest look-back of each series is forecast")
+        parser.add_argument("--series", help="comma-separated series ids to forecast (default: every series)")
+        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=256)
 
     def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
-        return predict(model, args)
+        """Forecast the next H steps of every series; a series that cannot be forecast is an error row.
 
-    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ForecastEvaluation:
-        return evaluate(model, data_path, split)
+        Rows: series_id, timestamp, target, step, one column per quantile (p10, p50, ...), filled, error.
+        """
+        pre, kind = model.contract.preprocess, model.contract.forecast
+        L, H, qs, targets, freq = kind.look_back, kind.horizon, kind.quantiles, kind.targets, kind.freq
+        if not freq:
+            raise DeepappsError(f"{model.path}: the model does not record its data frequency")
+        history = args.inputs[0]
+        df = read_frame(history)
+        id_col, covariates, calendar = pre["id_column"], pre.get("covariates") or [], pre.get("calendar") or []
+        needed = [pre["timestamp"], *targets, *covariates]
+        for column in [*needed, *([id_col] if id_col else [])]:
+            if column not in df.columns:
+                raise DataError(f"{history}: no column {column!r} (the model needs {', '.join(needed)})")
+        ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
+        parts = {key[0]: part.drop("__sid") for key, part in
+                 df.with_columns(ids.alias("__sid")).partition_by("__sid", maintain_order=True, as_dict=True).items()}
+        wanted = [s.strip() for s in args.series.split(",")] if args.series else list(parts)
+        rows, ok_ids, histories, futures, filled, cals, covs = [], [], [], [], [], [], []
+        for sid in wanted:
+            try:
+                if sid not in parts:
+                    raise DataError(f"unknown series id {sid!r}: not in {history}")
+                table = prepare_frame(parts[sid], history, pre["timestamp"], targets, id_col, freq, pre["fill"],
+                                      covariates)
+                series = table.series[0]
+                if len(series.values) < L:
+                    raise DataError(f"series {sid or '(single)'} has {len(series.values)} steps; "
+                                    f"the model needs {L} (look-back)")
+                window = series.values[-L:]
+                if not np.isfinite(window).all():
+                    raise DataError(f"series {sid or '(single)'}: non-finite values in the latest window")
+                if covariates:
+                    past = series.covariates[-L:]
+                    if not np.isfinite(past).all():
+                        raise DataError(f"series {sid or '(single)'}: non-finite covariate values in the latest window")
+                    covs.append(past)
+                future = np.array(future_timestamps(series.timestamps[-1], freq, H), dtype="datetime64[us]")
+                if calendar:
+                    stamps = np.concatenate([series.timestamps[-L:], future])
+                    cals.append(calendar_features(stamps, calendar, pre.get("holidays")))
+                histories.append(window)
+                futures.append(future.tolist())  # datetime objects, as the output column takes them
+                filled.append(int(series.filled))
+                ok_ids.append(sid)
+            except DataError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                rows.append(_error_row(sid, str(exc), qs))
+        if histories:
+            quantiles = forecast(model, np.stack(histories), args.batch_size, np.stack(cals) if cals else None,
+                                 np.stack(covs) if covs else None)  # (S, H, C, Q)
+            for sid, stamps, n_filled, q in zip(ok_ids, futures, filled, quantiles):
+                for c, target in enumerate(targets):
+                    for h in range(H):
+                        rows.append({"series_id": sid, "timestamp": stamps[h], "target": target, "step": h + 1}
+                                    | {_qname(level): float(q[h, c, k]) for k, level in enumerate(qs)}
+                                    | {"filled": n_filled, "error": None})
+        order = {sid: i for i, sid in enumerate(wanted)}
+        rows.sort(key=lambda r: order[r["series_id"]])
+        schema = {"series_id": pl.String, "timestamp": pl.Datetime("us"), "target": pl.String, "step": pl.Int64,
+                  **{_qname(level): pl.Float64 for level in qs}, "filled": pl.Int64, "error": pl.String}
+        return Predictions.of(pl.DataFrame(rows, schema=schema), sum(1 for r in rows if r["error"]))
+
+    def evaluate(self, model: OnnxModel, data_path: str, split: str = "test",
+                 batch_size: int = 256) -> ForecastEvaluation:
+        """Rolling-origin backtest (stride 1) over every window of `split`, against baselines.
+
+        MSE and MAE are on the z-scale of the training statistics (the ETT protocol); MASE and
+        sMAPE on the raw scale; coverage and width of the outer quantile interval.
+        """
+        kind = model.contract.forecast
+        L, H, qs = kind.look_back, kind.horizon, kind.quantiles
+        w = split_windows(model, data_path, split)
+        x, y, mean, std, table, ranges = w.x, w.y, w.mean, w.std, w.table, w.ranges
+        season = kind.season_length or season_length(table.freq)
+        q = forecast(model, x, batch_size, w.calendar, w.covariates).astype(np.float64)  # (N, H, C, Q)
+        median = q[..., kind.median_index]
+        points = {"model": median,
+                  "last_value": baselines.last_value(x, H),
+                  "seasonal_naive": baselines.seasonal_naive(x, H, season)}
+        if kind.ets is not None:  # smoothing parameters fitted on the training part at fit time
+            ets = kind.ets
+            params = np.asarray([ets["alpha"], ets["beta"], ets["gamma"], ets["phi"]], dtype=np.float64)  # (4, C)
+            points["ets"] = baselines.ets(x, H, ets.get("season_length", season), params)
+        scale = _mase_scale(table, ranges, season)  # (C,)
+        metrics = {"split": split, "data": data_path, "windows": int(len(x)), "look_back": L, "horizon": H,
+                   "season_length": season}
+        metrics |= point_metrics(median, y, mean, std, scale)
+        lo, hi = q[..., 0], q[..., -1]
+        metrics["coverage"] = float(np.mean((y >= lo) & (y <= hi)))
+        metrics["nominal_coverage"] = round(qs[-1] - qs[0], 6)
+        metrics["interval_width"] = float(np.mean((hi - lo) / std))
+        raw = _undo_calibration(q, kind)
+        if raw is not None:
+            metrics["coverage_uncalibrated"] = float(np.mean((y >= raw[..., 0]) & (y <= raw[..., -1])))
+            metrics["interval_width_uncalibrated"] = float(np.mean((raw[..., -1] - raw[..., 0]) / std))
+        metrics["baselines"] = {name: point_metrics(points[name], y, mean, std, scale)
+                                for name in BASELINES if name in points}
+        by_step = {name: np.mean(((p - y) / std) ** 2, axis=(0, 2)).tolist() for name, p in points.items()}
+        picks = np.linspace(0, len(x) - 1, min(4, len(x))).astype(int)
+        return ForecastEvaluation(metrics, qs, kind.targets, x[picks], y[picks], q[picks], by_step)
 
     def decode_item(self, model: OnnxModel, item: dict) -> tuple[np.ndarray, str | None, dict]:
-        return decode_item(model, item)
+        """`{"history": [[v_1..v_C] x L], "last_timestamp": "..."?, "covariates": [[..P] x L]?}` ->
+        ((L, C) window, last time, extra inputs). Models with calendar features need `last_timestamp`
+        (the features are generated from it), models with covariates need `covariates`."""
+        kind = model.contract.forecast
+        L, C = kind.look_back, len(kind.targets)
+        if not isinstance(item, dict) or "history" not in item:
+            raise DataError(f'expected {{"history": [[...{C} values] x {L} rows], "last_timestamp": optional}}')
+        try:
+            window = np.asarray(item["history"], dtype=np.float32).reshape(-1, C) if C == 1 else np.asarray(
+                item["history"], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DataError("history: not a list of numbers") from None
+        if window.shape != (L, C):
+            raise DataError(f"history: shape {window.shape}, the model needs ({L}, {C}) = look-back x targets")
+        if not np.isfinite(window).all():
+            raise DataError("history: NaN or infinite values")
+        return window, item.get("last_timestamp"), _decode_extra(model.contract.preprocess, kind, item)
 
-    def run_items(self, model: OnnxModel, items: list) -> list[dict]:
-        return run_items(model, items)
+    def run_items(self, model: OnnxModel, items: list[tuple[np.ndarray, str | None, dict]]) -> list[dict]:
+        """One ONNX Runtime call for a micro-batch of windows."""
+        kind = model.contract.forecast
+        extras = {name: np.stack([e[name] for _, _, e in items]) for name in items[0][2]}
+        quantiles = forecast(model, np.stack([w for w, _, _ in items]), calendar=extras.get("calendar"),
+                             covariates=extras.get("covariates"))  # (N, H, C, Q)
+        out = []
+        for (_, last, _), q in zip(items, quantiles):
+            result = {"targets": kind.targets} | {
+                _qname(level): np.round(q[..., k].astype(np.float64), 6).tolist()
+                for k, level in enumerate(kind.quantiles)
+            }
+            if last and kind.freq:
+                try:
+                    stamps = future_timestamps(np.datetime64(last), kind.freq, kind.horizon)
+                    result["timestamps"] = [str(s) for s in stamps]
+                except ValueError:
+                    result["timestamps_error"] = f"last_timestamp {last!r} is not a timestamp"
+            out.append(result)
+        return out

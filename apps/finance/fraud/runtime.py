@@ -12,7 +12,9 @@ import numpy as np
 import polars as pl
 
 from deepapps.apps.finance.fraud.config import TabularDataConfig
-from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets
+from deepapps.apps.finance.fraud.features import (
+    LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets,
+)
 from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
 from deepapps.apps.finance.fraud.tables import Columns, split_frame
 from deepapps.core.data.tables import scan_table, table_schema
@@ -43,61 +45,6 @@ def score(model: OnnxModel, enc: Encoded, rows: np.ndarray | slice = slice(None)
     n = len(f["numeric"])
     out = [model.run({k: v[i:i + batch] for k, v in f.items()}) for i in range(0, n, batch)]
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
-
-
-def evaluate(model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
-    """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
-    contract = model.contract
-    spec = FeatureSpec.from_meta(contract.preprocess)
-    data = TabularDataConfig(**contract.train.data_config)
-    df = load_source(data_path, data)
-    if spec.label not in df.columns:
-        raise DataError(f"{data_path}: label column {spec.label!r} not found")
-    check_columns(df.columns, spec, data_path)
-    columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
-    if data.split == "random" and contract.schema_version < 2:
-        print(f"warning: {model.path} was made by deepapps 0.1, whose random split differs; its {split} rows are "
-              "re-split by today's rule and may include rows it trained on", file=sys.stderr)
-    frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
-    if split not in frames:
-        raise DeepappsError(f"--split {split}: choose one of {sorted(frames)}")
-    part = frames[split]
-    y, _ = targets(part, spec.label, data_path, spec.positive)
-    enc = encode(part, spec)
-    if enc.bad.any():
-        raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
-    probs = score(model, enc)
-    decision, threshold = contract.details.get("decision", {}), contract.classification.threshold
-    metrics = {"split": split, "data": data_path} | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
-                                                                    decision.get("top_k", 100))
-    if threshold is not None:
-        metrics["decision"] = decision_metrics(y, probs[:, 1], threshold, decision.get("cost_missed", 100.0),
-                                               decision.get("cost_review", 5.0))
-    metrics["unknown_categories"] = enc.unknown
-    return ClassificationEvaluation(metrics, y, probs, LABELS, problem="binary")
-
-
-# --- predict: streaming ------------------------------------------------------------------
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs=1, metavar="input",
-                        help="CSV or Parquet table of transactions (raw columns, as in training)")
-    parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=CHUNK,
-                        help=f"rows scored per chunk (default {CHUNK}); memory stays flat whatever the file size")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="decision threshold (default: the cost-based one stored in the model)")
-    parser.add_argument("--keep", nargs="*", default=None, help="input columns copied to the output (default: ids)")
-
-
-def predict(model: OnnxModel, args: argparse.Namespace) -> Predictions:
-    """Stream `args.inputs[0]` into `args.out`: score, decision and error per row (bad rows flagged)."""
-    stats = predict_file(model, args.inputs[0], args.out, args.chunk_size, args.threshold, args.keep)
-    message = (f"wrote {stats['rows']} rows to {args.out} ({stats['rows_per_s']:,.0f} rows/s); "
-               f"flagged as fraud: {stats['flagged']}; bad rows: {stats['bad']}")
-    if stats["unknown"]:
-        message += "\nunseen categories (scored as unknown): " + ", ".join(f"{k}={v}" for k, v in stats["unknown"].items())
-    return Predictions(None, stats["bad"], stats["rows"], message)
 
 
 def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_size: int = CHUNK,
@@ -202,32 +149,6 @@ def _score_chunk(model, spec, chunk: pl.DataFrame, threshold: float, keep: list[
     return out
 
 
-# --- HTTP serving adapter (core.serving): one transaction in, one decision out ----------------
-
-
-def decode_item(model: OnnxModel, item: dict) -> Encoded:
-    """One transaction as a JSON object of raw column values -> its model inputs (one row)."""
-    if not isinstance(item, dict):
-        raise DataError("expected a JSON object of column: value")
-    spec = FeatureSpec.from_meta(model.contract.preprocess)
-    check_columns(list(item), spec, "row")
-    row = pl.DataFrame({c: [item[c]] for c in [*spec.numeric, *spec.categorical]}, strict=False)
-    enc = encode(row, spec)
-    if enc.bad.any():
-        raise DataError(enc.first_error)
-    return enc
-
-
-def run_items(model: OnnxModel, items: list[Encoded]) -> list[dict]:
-    """One ONNX Runtime call for a micro-batch of transactions."""
-    batch = Encoded(np.concatenate([e.numeric for e in items]), np.concatenate([e.categorical for e in items]),
-                    pl.Series([None] * len(items), dtype=pl.String), {})
-    scores = score(model, batch)[:, 1]
-    threshold = model.contract.classification.threshold
-    threshold = 0.5 if threshold is None else float(threshold)
-    return [{"score": round(float(s), 6), "decision": bool(s >= threshold)} for s in scores]
-
-
 class FraudServing(Serving):
     """Streams tables of transactions (larger than memory) to an output table; one row per request item."""
 
@@ -236,16 +157,72 @@ class FraudServing(Serving):
     writes_output = True
 
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_predict_arguments(parser)
+        parser.add_argument("inputs", nargs=1, metavar="input",
+                            help="CSV or Parquet table of transactions (raw columns, as in training)")
+        parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=CHUNK,
+                            help=f"rows scored per chunk (default {CHUNK}); memory stays flat whatever the file size")
+        parser.add_argument("--threshold", type=float, default=None,
+                            help="decision threshold (default: the cost-based one stored in the model)")
+        parser.add_argument("--keep", nargs="*", default=None, help="input columns copied to the output (default: ids)")
 
     def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
-        return predict(model, args)
+        """Stream `args.inputs[0]` into `args.out`: score, decision and error per row (bad rows flagged)."""
+        stats = predict_file(model, args.inputs[0], args.out, args.chunk_size, args.threshold, args.keep)
+        message = (f"wrote {stats['rows']} rows to {args.out} ({stats['rows_per_s']:,.0f} rows/s); "
+                   f"flagged as fraud: {stats['flagged']}; bad rows: {stats['bad']}")
+        if stats["unknown"]:
+            unseen = ", ".join(f"{k}={v}" for k, v in stats["unknown"].items())
+            message += f"\nunseen categories (scored as unknown): {unseen}"
+        return Predictions(None, stats["bad"], stats["rows"], message)
 
     def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
-        return evaluate(model, data_path, split)
+        """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
+        contract = model.contract
+        spec = FeatureSpec.from_meta(contract.preprocess)
+        data = TabularDataConfig(**contract.train.data_config)
+        df = load_source(data_path, data)
+        if spec.label not in df.columns:
+            raise DataError(f"{data_path}: label column {spec.label!r} not found")
+        check_columns(df.columns, spec, data_path)
+        columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
+        if data.split == "random" and contract.schema_version < 2:
+            print(f"warning: {model.path} was made by deepapps 0.1, whose random split differs; its {split} rows are "
+                  "re-split by today's rule and may include rows it trained on", file=sys.stderr)
+        frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
+        if split not in frames:
+            raise DeepappsError(f"--split {split}: choose one of {sorted(frames)}")
+        part = frames[split]
+        y, _ = targets(part, spec.label, data_path, spec.positive)
+        enc = encode(part, spec)
+        if enc.bad.any():
+            raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
+        probs = score(model, enc)
+        decision, threshold = contract.details.get("decision", {}), contract.classification.threshold
+        metrics = {"split": split, "data": data_path} | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
+                                                                        decision.get("top_k", 100))
+        if threshold is not None:
+            metrics["decision"] = decision_metrics(y, probs[:, 1], threshold, decision.get("cost_missed", 100.0),
+                                                   decision.get("cost_review", 5.0))
+        metrics["unknown_categories"] = enc.unknown
+        return ClassificationEvaluation(metrics, y, probs, LABELS, problem="binary")
 
     def decode_item(self, model: OnnxModel, item: dict) -> Encoded:
-        return decode_item(model, item)
+        """One transaction as a JSON object of raw column values -> its model inputs (one row)."""
+        if not isinstance(item, dict):
+            raise DataError("expected a JSON object of column: value")
+        spec = FeatureSpec.from_meta(model.contract.preprocess)
+        check_columns(list(item), spec, "row")
+        row = pl.DataFrame({c: [item[c]] for c in [*spec.numeric, *spec.categorical]}, strict=False)
+        enc = encode(row, spec)
+        if enc.bad.any():
+            raise DataError(enc.first_error)
+        return enc
 
     def run_items(self, model: OnnxModel, items: list[Encoded]) -> list[dict]:
-        return run_items(model, items)
+        """One ONNX Runtime call for a micro-batch of transactions."""
+        batch = Encoded(np.concatenate([e.numeric for e in items]), np.concatenate([e.categorical for e in items]),
+                        pl.Series([None] * len(items), dtype=pl.String), {})
+        scores = score(model, batch)[:, 1]
+        threshold = model.contract.classification.threshold
+        threshold = 0.5 if threshold is None else float(threshold)
+        return [{"score": round(float(s), 6), "decision": bool(s >= threshold)} for s in scores]
