@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -39,20 +42,37 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and clean-up runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `deepapps` console script."""
+    from deepapps.core.runtime.io import remove_pending
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `serve` leaves SIGTERM to uvicorn (graceful shutdown, then the default action)
+    handle_term = threading.current_thread() is threading.main_thread() and argv[:1] != ["serve"]
+    previous = signal.signal(signal.SIGTERM, _terminate) if handle_term else None
     try:
         return _dispatch(argv)
     except DeepappsError as exc:
         print(f"deepapps: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("deepapps: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("deepapps: terminated" if isinstance(exc, Terminated) else "deepapps: interrupted", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # e.g. `deepapps ... | head`
         sys.stderr.close()
         return 0
+    finally:
+        remove_pending()  # a write a signal or a native panic cut short leaves no temporary file
+        if handle_term:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -140,7 +160,10 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
     """(namespace, config dataclass, config dict) from the command line."""
     from argparse import ArgumentError
 
-    from deepapps.core.config import from_dict
+    from deepapps.core.config import check_ranges, from_dict
+
+    for path in _options(argv, "--config"):
+        _check_yaml(path)
 
     saved = {}
     if with_ckpt and _option(argv, "--ckpt"):  # the checkpoint's config is the base
@@ -164,11 +187,13 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
     skip = {"config", "ckpt", "out", "fp16", "int8", "__default_config__"}
     values = {k: v for k, v in namespace.as_dict().items() if k not in skip}
     cfg = from_dict(app.load_config_class(), values)
+    check_ranges(cfg)
     return parser, namespace, cfg, values
 
 
 def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
     parser, namespace, cfg, values = parse_config(app, command, argv)
+    _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
     from deepapps.core.training.fit import fit
 
     yaml = parser.dump(namespace, skip_none=False)
@@ -206,7 +231,7 @@ def _serving_parser(app: AppSpec, command: str) -> OneLineParser:
 
 
 def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
-    from deepapps.core.runtime.io import write_json
+    from deepapps.core.runtime.io import same_file, write_json
     from deepapps.core.runtime.session import load_model, say_provider
 
     parser = _serving_parser(app, command)
@@ -214,6 +239,8 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
     parser.add_argument("--split", default="test", help="train, val or test (as split in fit)")
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
+    if args.out and any(same_file(args.out, path) for path in (args.model, args.data_path) if path):
+        raise ConfigError(f"--out {args.out}: is one of the inputs; it would be overwritten")
     model = load_model(args.model, args.provider, app=app.name)
     say_provider(model)
     data_path = args.data_path or model.contract.train.data_config.get("path")
@@ -228,7 +255,7 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
 
 
 def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
-    from deepapps.core.runtime.io import write_table
+    from deepapps.core.runtime.io import same_file, write_table
     from deepapps.core.runtime.session import load_model, say_provider
 
     serving = app.load_serving()
@@ -244,6 +271,8 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
     parser.add_argument("--spark-master", default="local[*]", help="with --engine spark: the Spark master")
     serving.add_predict_arguments(parser)
     args = parser.parse_args(argv)
+    if args.out and any(same_file(args.out, path) for path in [args.model, *args.inputs]):
+        raise ConfigError(f"--out {args.out}: is one of the inputs; it would be overwritten")
     model = load_model(args.model, args.provider, app=app.name, session_config=serving.session_config)
     if args.engine == "spark":
         return _predict_spark(args)
@@ -297,12 +326,51 @@ def _setup_logging() -> None:
 
 
 def _option(argv: list[str], name: str) -> str | None:
+    found = _options(argv, name)
+    return found[0] if found else None
+
+
+def _options(argv: list[str], name: str) -> list[str]:
+    """Every value given to option `name` (`--name VALUE` or `--name=VALUE`)."""
+    out = []
     for i, arg in enumerate(argv):
         if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
+            out.append(argv[i + 1])
+        elif arg.startswith(name + "="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def _writable_folder(path: Path, option: str) -> None:
+    """Refuse a folder that cannot be made or written (a file in the way, no permission), before
+    any work: training first and failing at the end would lose it."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: no permission to write in {existing}")
+
+
+def _check_yaml(path: str) -> None:
+    """`--config FILE` must be a readable YAML mapping; else one line naming the file."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not a readable YAML text file ({type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML{line}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: not a YAML mapping of settings (found {type(data).__name__})")
 
 
 def _bool_options(cls: type, prefix: str = "--") -> set[str]:

@@ -142,3 +142,32 @@ def from_dict(cls: type, values: dict):
         value, kind = values[f.name], hints[f.name]
         kwargs[f.name] = from_dict(kind, value) if is_dataclass(kind) and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+# Ranges every app's config keeps, by field name (fields an app does not have are skipped).
+AT_LEAST = {
+    "batch_size": 1, "max_epochs": 1, "accumulate_grad_batches": 1, "log_every_n_steps": 1, "patience": 0,
+    "num_workers": 0, "freeze_epochs": 0, "max_length": 2, "image_size": 8, "look_back": 2, "horizon": 1,
+    "max_train_rows": 1, "synth_rows": 10, "gan_steps": 1, "width": 1, "hidden_size": 1, "top_k": 1,
+}
+POSITIVE = ("lr",)
+SHARES = ("val_fraction", "test_fraction", "warmup_fraction", "drop_rate", "dropout", "label_smoothing")
+
+
+def check_ranges(cfg, prefix: str = "--") -> None:
+    """A one-line ConfigError for a number out of its range (`--data.batch_size -1`), before
+    anything is read or written."""
+    from deepapps.core.errors import ConfigError
+
+    for f in fields(cfg):
+        value, name = getattr(cfg, f.name), prefix + f.name
+        if is_dataclass(value):
+            check_ranges(value, name + ".")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        elif f.name in AT_LEAST and value < AT_LEAST[f.name]:
+            raise ConfigError(f"{name} {value}: must be at least {AT_LEAST[f.name]}")
+        elif f.name in POSITIVE and not value > 0:
+            raise ConfigError(f"{name} {value}: must be positive")
+        elif f.name in SHARES and not 0 <= value < 1:
+            raise ConfigError(f"{name} {value}: must be in [0, 1)")

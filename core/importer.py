@@ -131,6 +131,7 @@ def main(argv: list[str]) -> int:
     """`deepapps import --app vision --onnx FOREIGN.onnx --labels a,b,c [options]`."""
     from deepapps.core.cli import OneLineParser
     from deepapps.core.registry import discover_apps
+    from deepapps.core.runtime.interface import positive_int
 
     parser = OneLineParser(prog="deepapps import", allow_abbrev=False,
                            description="wrap a classifier exported by another framework into a deepapps model")
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> int:
                         default=next((name for name, spec in apps.items() if spec.family_default), None))
     parser.add_argument("--onnx", required=True, type=Path, help="the foreign .onnx classifier")
     parser.add_argument("--labels", required=True, help="comma-separated class names, or @FILE with one per line")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=positive_int, default=224, help="square input size in pixels")
     parser.add_argument("--mean", default="0.485,0.456,0.406", help="per-channel mean after scaling")
     parser.add_argument("--std", default="0.229,0.224,0.225", help="per-channel std after scaling")
     parser.add_argument("--scale", type=float, default=255.0, help="pixels are divided by this first")
@@ -151,13 +152,23 @@ def main(argv: list[str]) -> int:
     if args.app is None:
         raise ConfigError("deepapps import: give --app (one of: " + ", ".join(apps) + ")")
     if args.labels.startswith("@"):
-        labels = [l.strip() for l in Path(args.labels[1:]).read_text().splitlines() if l.strip()]
+        try:
+            text = Path(args.labels[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--labels {args.labels}: cannot read {args.labels[1:]} ({type(exc).__name__})") from None
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
     else:
-        labels = [l.strip() for l in args.labels.split(",") if l.strip()]
+        labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ConfigError(f"--labels: need two or more distinct class names, got {labels[:5]}")
+    if not (args.scale > 0 and 0 < args.crop_pct <= 1):
+        raise ConfigError("--scale must be positive and --crop-pct in (0, 1]")
     try:
         mean, std = [float(x) for x in args.mean.split(",")], [float(x) for x in args.std.split(",")]
     except ValueError:
         raise ConfigError("--mean/--std: comma-separated numbers expected") from None
+    if any(not s > 0 for s in std):
+        raise ConfigError(f"--std {args.std}: every value must be positive")
     out = args.out or args.onnx.with_suffix(".deepapps.onnx")
     import_classifier(args.onnx, out, args.app, labels, args.size, mean, std, args.scale, args.layout,
                       args.outputs, args.crop_pct)

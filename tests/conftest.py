@@ -25,3 +25,29 @@ def tiny_run(tmp_path_factory, image_folder) -> Path:
     ])
     assert code == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def app_models(tmp_path_factory, tiny_run) -> dict[str, Path]:
+    """A tiny fitted model of every app (and the ECG kind of healthcare), made once for the session:
+    name -> model.onnx. The bad-input matrix and the server attack tests use them."""
+    from tests.apps.nlp_helpers import make_tiny_bert
+
+    root = tmp_path_factory.mktemp("app_models")
+    configs = Path(__file__).resolve().parents[1] / "apps"
+
+    def fit(app: str, name: str, *args: str) -> Path:
+        assert main([app, "fit", "--run_dir", str(root / name), *args]) == 0, name
+        return root / name / "model.onnx"
+
+    bert = make_tiny_bert(root / "bert")
+    return {
+        "vision": tiny_run / "model.onnx",
+        "healthcare": fit("healthcare", "healthcare", "--config", str(configs / "healthcare/configs/tiny.yaml")),
+        "ecg": fit("healthcare", "ecg", "--config", str(configs / "healthcare/configs/ecg_tiny.yaml")),
+        "nlp": fit("nlp", "nlp", "--config", str(configs / "nlp/configs/tiny.yaml"), "--model.pretrained", str(bert),
+                   "--export_int8", "false", "--trainer.max_epochs", "1"),
+        "fraud": fit("fraud", "fraud", "--config", str(configs / "finance/fraud/configs/tiny.yaml"), "--baselines", "false"),
+        "forecast": fit("forecast", "forecast", "--config", str(configs / "finance/forecast/configs/tiny.yaml"),
+                        "--data.calendar", "[hour, weekday]"),
+    }

@@ -53,10 +53,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, *options: str, python: str = sys.executable):
+    """`deepapps serve` in a subprocess on a free port. The access log is off unless asked for
+    (`access_log=True`): nothing drains the stderr pipe during a test, and a full pipe blocks."""
+
+    def __init__(self, model: Path, *options: str, python: str = sys.executable, access_log: bool = False):
         self.port = free_port()
+        quiet = [] if access_log else ["--no-access-log"]
         self.process = subprocess.Popen(
-            [python, "-m", "deepapps.core.cli", "serve", "--model", str(model), "--port", str(self.port), *options],
+            [python, "-m", "deepapps.core.cli", "serve", "--model", str(model), "--port", str(self.port), *quiet,
+             *options],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 60

@@ -24,7 +24,7 @@ from deepapps.core.runtime import image_classification
 from deepapps.core.runtime.evaluation import ClassificationEvaluation
 from deepapps.core.runtime.image_classification import score_images
 from deepapps.core.runtime.images import ImageSpec, to_model_input
-from deepapps.core.runtime.interface import Predictions, Serving
+from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
 
 
@@ -54,7 +54,7 @@ class HealthcareServing(Serving):
                             help="PNG/JPEG/DICOM files, folders (searched recursively), "
                                  "FILE.npz[:train|val|test] (default test); "
                                  "for an ECG model: UCR .txt, CSV or Parquet files of one signal per row")
-        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32)
         parser.add_argument("--threshold", type=float, default=None,
                             help="probability threshold for the positive class (default: the one stored in the model)")
         parser.add_argument("--window-center", "--window_center", dest="window_center", type=float, default=None,

@@ -15,12 +15,13 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from deepapps.apps.healthcare.signal_models import (
     SIGNAL_NETS, FCN, DftSpectrogram, ResNet1d, SignalClassifier, SignalFrontEnd, SpectrogramEncoder, fir_kernel,
 )
 from deepapps.apps.healthcare.signals import SignalSettings, SignalSource, open_signal_source
+from deepapps.apps.healthcare.training import EpochWeightedSampler
 from deepapps.core.contract import PROBABILITIES, Classification, TensorSpec, problem_type
 from deepapps.core.data.class_weights import class_weights
 from deepapps.core.data.splits import check_splits
@@ -97,8 +98,7 @@ class SignalDataModule(L.LightningDataModule):
         if self.imbalance == "sampler":
             targets = data.targets.numpy()
             weights = 1.0 / np.bincount(targets, minlength=len(self.labels))[targets]
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=n,
-                                            replacement=True, generator=torch.Generator().manual_seed(self.seed))
+            sampler = EpochWeightedSampler(torch.as_tensor(weights, dtype=torch.double), n, self.seed)
             return DataLoader(data, self.cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=self.num_workers)
         return DataLoader(data, self.cfg.data.batch_size, shuffle=True, drop_last=drop_last,

@@ -7,6 +7,7 @@ network instead (apps/healthcare/signal_training.py); calibration and threshold 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from functools import partial
 
@@ -31,6 +32,23 @@ IMBALANCE = ("loss", "sampler", "none")
 TASKS = ("image", "signal")
 
 
+class EpochWeightedSampler(WeightedRandomSampler):
+    """WeightedRandomSampler whose draws depend on the seed and the epoch alone (Lightning calls
+    `set_epoch` before each training epoch), so a resumed fit draws what the uninterrupted one drew."""
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int = 0):
+        super().__init__(weights, num_samples, replacement=True, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose draws the next iteration gives."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class MedicalDataModule(ImageDataModule):
     """ImageDataModule over `open_medical_source` (DICOM, patient splits, MedMNIST names),
     with class-weighted loss by default or a class-balanced sampler."""
@@ -53,8 +71,7 @@ class MedicalDataModule(ImageDataModule):
             raise ConfigError("--clinical.imbalance sampler: needs single-label data; use loss for multi-label")
         targets = self.source.targets[self.source.splits["train"]]
         weights = 1.0 / np.bincount(targets, minlength=len(self.labels))[targets]
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(targets),
-                                        replacement=True, generator=torch.Generator().manual_seed(self.seed))
+        sampler = EpochWeightedSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), self.seed)
         return DataLoader(self.dataset("train"), batch_size=self.cfg.batch_size, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           drop_last=len(targets) > self.cfg.batch_size)

@@ -20,16 +20,29 @@ log = logging.getLogger("deepapps.nlp")
 
 class BucketSampler(Sampler[list[int]]):
     """Batches of similar length: shuffle, sort each window of `window` batches by length,
-    cut into batches, shuffle the batches (the usual `group_by_length` trick)."""
+    cut into batches, shuffle the batches (the usual `group_by_length` trick).
+
+    The order depends on the seed and the epoch alone, so a resumed fit sees the order the
+    uninterrupted one saw: Lightning sets the epoch before each training epoch. It calls `set_epoch`
+    on `dataloader.batch_sampler.sampler`, not on a batch sampler, hence `sampler` is this one.
+    """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, bucket: bool, seed: int = 0,
                  window: int = 50):
         self.lengths, self.batch_size, self.shuffle, self.bucket = lengths, batch_size, shuffle, bucket
         self.seed, self.window, self.epoch = seed, window, 0
 
+    @property
+    def sampler(self) -> BucketSampler:
+        """Where Lightning looks for `set_epoch`."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next iteration gives."""
+        self.epoch = epoch
+
     def __iter__(self):
         rng = np.random.default_rng(self.seed + self.epoch)
-        self.epoch += 1
         order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
         if self.bucket:
             size = self.batch_size * self.window if self.shuffle else len(order)

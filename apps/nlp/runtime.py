@@ -17,7 +17,7 @@ from deepapps.core.data.splits import stratified_split
 from deepapps.core.errors import DataError, DeepappsError
 from deepapps.core.runtime.evaluation import ClassificationEvaluation
 from deepapps.core.runtime.image_classification import prediction
-from deepapps.core.runtime.interface import Predictions, Serving
+from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
 
 log = logging.getLogger("deepapps.nlp")
@@ -65,7 +65,8 @@ def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
             except UnicodeDecodeError as exc:
                 items.append((f"{path}:{i + 1}", None, f"line {i + 1}: not UTF-8 (byte {exc.start})"))
     if not items:
-        raise DataError("nothing to predict: give --text \"...\" or a file")
+        given = ", ".join(map(str, args.inputs))
+        raise DataError(f"{given}: no text to predict in it" if given else 'nothing to predict: give --text "..." or a file')
     return items
 
 
@@ -78,7 +79,7 @@ class NlpServing(Serving):
         parser.add_argument("inputs", nargs="*", help="text file (one text per line) or CSV/TSV/Parquet/JSONL table")
         parser.add_argument("--text", action="append", default=[], help="a text to score (repeat for several)")
         parser.add_argument("--column", default="text", help="text column of a table input")
-        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32)
 
     def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
         """Score every text; empty or undecodable ones become error rows. Returns (table, failures)."""
@@ -151,6 +152,10 @@ class NlpServing(Serving):
             raise DataError(f'expected {{"text": "..."}}, got {got}')
         if not item["text"].strip():
             raise DataError("text: empty")
+        try:
+            item["text"].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"text: not valid Unicode ({exc.reason} at character {exc.start})") from None
         return encode(tokenizer_of(model), [item["text"]])[0][0]
 
     def run_items(self, model: OnnxModel, items: list[list[int]]) -> list[dict]:

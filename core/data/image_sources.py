@@ -197,10 +197,15 @@ def _manifest(path: Path, path_column: str, label_column: str, group_column: str
 
 def _npz(path: Path) -> ImageSource:
     try:
-        arrays = np.load(path)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read .npz ({exc})") from None
-    return array_source(arrays, f"npz {path}", path.name, str(path))
+        arrays = np.load(path)  # allow_pickle=False: an object array is refused, never unpickled
+    except Exception as exc:  # noqa: BLE001 - numpy raises several types for files it cannot read
+        raise DataError(f"{path}: cannot read .npz ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a .npz archive of named arrays")
+    try:
+        return array_source(arrays, f"npz {path}", path.name, str(path))
+    except ValueError as exc:  # e.g. "Object arrays cannot be loaded when allow_pickle=False"
+        raise DataError(f"{path}: unusable array in the .npz ({str(exc).splitlines()[0][:120]})") from None
 
 
 def array_source(arrays, description: str, ref_name: str, path: str) -> ImageSource:

@@ -20,7 +20,7 @@ import polars as pl
 from deepapps.core.errors import DataError, DeepappsError
 from deepapps.core.runtime.evaluation import ClassificationEvaluation
 from deepapps.core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
-from deepapps.core.runtime.interface import Predictions, Serving
+from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="labels kept per image")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    parser.add_argument("--top-k", "--top_k", dest="top_k", type=positive_int, default=3, help="labels kept per image")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32)
 
 
 def score_images(model: OnnxModel, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:

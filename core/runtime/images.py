@@ -14,6 +14,13 @@ from PIL import Image, UnidentifiedImageError
 from deepapps.core.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The most pixels an input image may have (a 12000 x 8000 photo), checked from its header before
+# it is decoded: a 600-byte PNG can claim 200000 x 200000 pixels.
+MAX_IMAGE_PIXELS = 100_000_000
+# The most pixels the eval resize may produce before its centre crop: bounds extreme aspect
+# ratios (a 1 x 200000 strip would resize to 224 x 44.8 million pixels).
+MAX_RESIZED_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL's own bomb guard, at the same limit
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -66,28 +73,42 @@ def open_image(path: str | Path, channels: int = 3) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("L" if channels == 1 else "RGB")
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image file") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+    return _decode(path, str(path), channels, "not an image file")
 
 
 def decode_image(data: bytes, channels: int = 3) -> Image.Image:
     """Decode image bytes (an upload), converted like `open_image`. Raises DataError."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise DataError(f"image: expected the bytes of an image file, got {type(data).__name__}")
     if not data:
         raise DataError("image: empty")
+    return _decode(io.BytesIO(data), "image", channels, "not an image")
+
+
+def _decode(source, name: str, channels: int, unidentified: str) -> Image.Image:
+    """Open, check the pixel count from the header, decode and convert; every failure a DataError."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(source) as img:
+            check_size(img.size, name)
             img.load()
             return img.convert("L" if channels == 1 else "RGB")
     except UnidentifiedImageError:
-        raise DataError("image: not an image") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"image: corrupt or truncated ({exc})") from None
+        raise DataError(f"{name}: {unidentified}") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"{name}: over the limit of {MAX_IMAGE_PIXELS:,} pixels") from None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for broken files
+        raise DataError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def check_size(size: tuple[int, int], name: str) -> None:
+    """A DataError when a (width, height) image is over MAX_IMAGE_PIXELS or empty."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise DataError(f"{name}: image of {w}x{h} pixels")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"{name}: image of {w}x{h} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels")
 
 
 def to_model_input(img: Image.Image, spec: ImageSpec) -> np.ndarray:
@@ -96,6 +117,9 @@ def to_model_input(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     w, h = img.size
     scale = spec.resize / min(w, h)
     new_w, new_h = max(spec.size, round(w * scale)), max(spec.size, round(h * scale))
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise DataError(f"image of {w}x{h} pixels: too elongated to resize (the shorter side to {spec.resize} "
+                        f"would make {new_w}x{new_h})")
     img = img.resize((new_w, new_h), _RESAMPLE[spec.interpolation])
     left, top = (new_w - spec.size) // 2, (new_h - spec.size) // 2
     img = img.crop((left, top, left + spec.size, top + spec.size))

@@ -39,6 +39,17 @@ class Predictions:
         return cls(table, failures, len(table))
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts such as `--batch-size`: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 class Serving(ABC):
     """The torch-free side of an app."""
 

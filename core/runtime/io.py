@@ -1,9 +1,16 @@
-"""Atomic output files: a crash or Ctrl-C never leaves a half-written file behind."""
+"""Atomic output files: a crash, Ctrl-C or SIGTERM never leaves a half-written file behind.
+
+Every output is written to a temporary file in a hidden temporary folder beside it and renamed
+into place. Folders of writes in progress are tracked, so the CLI removes them even when a signal
+or a panic inside a native library ends the process another way than through `atomic_write`'s
+own clean-up.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,25 +20,52 @@ import polars as pl
 from deepapps.core.errors import DataError
 
 
+_PENDING: set[Path] = set()  # temporary folders of writes in progress
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    The temporary file sits in a hidden temporary folder of its own, removed on any failure: a
+    native writer that is still running when a signal stops us (polars' streaming sinks) cannot
+    recreate the file once its folder is gone.
+
+    Raises:
+        DataError: the folder cannot be made or written to (one line naming `path`).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever reads the output
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+    _PENDING.add(folder)
+    tmp = folder / path.name
+    try:
+        tmp.touch()  # mode 0666 less the umask, like any new file
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        _PENDING.discard(folder)
     return path
+
+
+def remove_pending() -> None:
+    """Delete the temporary folders of writes that did not finish (the CLI calls it on exit)."""
+    for folder in list(_PENDING):
+        shutil.rmtree(folder, ignore_errors=True)
+        _PENDING.discard(folder)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same existing file (an output must never overwrite an input)."""
+    try:
+        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -79,7 +79,12 @@ def app_config(app: AppSpec, checkpoint: Checkpoint):
 
 
 def config_values(app: AppSpec, checkpoint: Checkpoint) -> dict:
-    """The checkpoint's config as a dict, upgraded to the app's current config class."""
+    """The checkpoint's config as a dict, upgraded to the app's current config class; another
+    app's checkpoint is a one-line error."""
+    made_by = checkpoint.saved.app
+    if made_by is not None and made_by != app.name:
+        raise ConfigError(f"--ckpt {checkpoint.path}: not a {app.name} checkpoint (made by the {made_by} app; "
+                          f"use `deepapps {made_by} ...`)")
     config = checkpoint.saved.config
     return _without_retired(config, app.load_config_class()) if checkpoint.saved.schema < 2 else config
 

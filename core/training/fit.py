@@ -27,7 +27,9 @@ from deepapps.core.training.checkpoints import (
 )
 from deepapps.core.training.export import convert_fp16, export_model
 from deepapps.core.training.interface import FitRun
-from deepapps.core.training.trainer import eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision
+from deepapps.core.training.trainer import (
+    eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision, training_ended,
+)
 
 log = logging.getLogger("deepapps")
 RUN_DIR_ENV = "DEEPAPPS_RUN_DIR"
@@ -53,6 +55,8 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
         raise ConfigError(f"--resume: {last} does not exist; give the --run_dir of the run to continue")
     if not cfg.resume and last.is_file() and RUN_DIR_ENV not in os.environ:
         raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
+    if cfg.resume:
+        _check_unfinished(app, run_dir, last, cfg.trainer.max_epochs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     training, serving = app.load_training(), app.load_serving()
@@ -61,9 +65,9 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config_yaml)
     module = training.module(built, cfg)
-    module.save_hyperparameters({"deepapps": built.saved(config).to_dict()})
+    module.save_hyperparameters({"deepapps": built.saved(config, app.name).to_dict()})
+    earlier_logs = read_logs(run_dir) if cfg.resume else None  # before CSVLogger deletes the file
     trainer, checkpoint = make_trainer(cfg.trainer, run_dir)
-    earlier_logs = read_logs(run_dir) if cfg.resume else None
     log.info("run folder %s; data %s; weights %s; precision %s", run_dir, built.datamodule.summary()["source"],
              built.weights, resolve_precision(cfg.trainer))
     os.environ[RUN_DIR_ENV] = str(run_dir)
@@ -106,6 +110,20 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     training.report(run)
     log.info("test (ONNX Runtime): %s", scalars(metrics["test"]))
     return run_dir
+
+
+def _check_unfinished(app: AppSpec, run_dir: Path, last: Path, max_epochs: int) -> None:
+    """`--resume` continues a run whose training was cut short; a finished one is left untouched.
+
+    Raises:
+        ConfigError: the run wrote metrics.json (fit's last step), or its training ended (all
+            epochs trained, early stopping).
+    """
+    ended = "its metrics.json is written" if (run_dir / "metrics.json").is_file() else training_ended(last, max_epochs)
+    if ended:
+        raise ConfigError(f"--resume: the run in {run_dir} is finished ({ended}); export its model with "
+                          f"`deepapps {app.name} export --ckpt {run_dir / 'checkpoints' / 'best.ckpt'}` "
+                          f"or train again with a new --run_dir")
 
 
 def run_stage(app: AppSpec, ckpt: Path, cfg, stage: str) -> dict:

@@ -43,6 +43,7 @@ class Saved:
         post_fit: the state post_fit learnt on validation; None before post-fit ran, or in a
             checkpoint of an older deepapps (then the run's metrics.json is read instead).
         schema: 2; 1 for a checkpoint of deepapps 0.1 (read by core.training.checkpoints).
+        app: the app that trained it (None in 0.1 checkpoints).
     """
 
     config: dict
@@ -51,18 +52,19 @@ class Saved:
     weights: str = ""
     post_fit: dict | None = None
     schema: int = 2
+    app: str | None = None
 
     def to_dict(self) -> dict:
         kind = {"type": self.kind.KIND} | asdict(self.kind)
-        return {"schema": self.schema, "config": self.config, "kind": kind, "preprocess": self.preprocess,
-                "weights": self.weights, "post_fit": self.post_fit}
+        return {"schema": self.schema, "app": self.app, "config": self.config, "kind": kind,
+                "preprocess": self.preprocess, "weights": self.weights, "post_fit": self.post_fit}
 
     @classmethod
     def from_dict(cls, d: dict) -> Saved:
         kind = dict(d["kind"])
         kind_class = {Classification.KIND: Classification, Forecast.KIND: Forecast}[kind.pop("type")]
         return cls(d["config"], kind_class(**kind), d["preprocess"], d.get("weights", ""), d.get("post_fit"),
-                   d.get("schema", 2))
+                   d.get("schema", 2), d.get("app"))
 
 
 @dataclass
@@ -113,8 +115,8 @@ class Built:
             return self.datamodule.example_batch(n)
         return self.dummy_inputs(n)
 
-    def saved(self, config: dict) -> Saved:
-        return Saved(config, self.kind, self.preprocess, self.weights)
+    def saved(self, config: dict, app: str) -> Saved:
+        return Saved(config, self.kind, self.preprocess, self.weights, app=app)
 
 
 @dataclass

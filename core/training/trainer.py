@@ -1,17 +1,22 @@
-"""The Lightning Trainer every app trains with: checkpoints, early stopping, logs, precision."""
+"""The Lightning Trainer every app trains with: checkpoints, early stopping, logs, precision, and
+what makes `--resume` exact (the random states in every checkpoint) and lossless (merged logs)."""
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytorch_lightning as L
 import torch
+from lightning_fabric.utilities.data import _set_sampler_epoch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from deepapps.core.config import TrainerConfig
+from deepapps.core.errors import ConfigError
 from deepapps.core.runtime.io import atomic_write
 
 
@@ -24,6 +29,73 @@ class EpochSummary(Callback):
         shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss_epoch", "val/"))}
         text = " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text}", file=sys.stderr, flush=True)
+
+
+RNG_KEY = "deepapps_rng"
+
+
+def rng_states() -> dict:
+    """The global random states (torch CPU, CUDA when in use, numpy, python `random`) as plain
+    tensors, lists and numbers, so a checkpoint holding them loads with `weights_only=True`."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(state), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Set the random states `rng_states` returned (CUDA only where there are as many devices)."""
+    torch.set_rng_state(states["torch"])
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    cuda = states.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class RandomState(Callback):
+    """Exact resume: every checkpoint keeps the random states of the moment it is written (the end
+    of an epoch), and a resumed fit starts its first epoch from them, as the uninterrupted run did.
+
+    Lightning makes the first training iterator of a resumed fit (and fetches its first batch) in
+    `FitLoop.setup_data`, before it sets the samplers' epoch and before `on_train_start`; the
+    uninterrupted run made it at the start of that epoch, after `set_epoch`. So `on_train_start`
+    sets the random states and the epoch, then makes that iterator again.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.pending = checkpoint.get(RNG_KEY)  # None in a checkpoint of an older deepapps
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pending is None:
+            return
+        set_rng_states(self.pending)
+        self.pending = None
+        loop = trainer.fit_loop
+        loader, fetcher = getattr(loop, "_combined_loader", None), getattr(loop, "_data_fetcher", None)
+        if loader is None or fetcher is None:  # a Lightning without these: resumed, maybe not exactly
+            return
+        if any(hasattr(dataloader, "load_state_dict") for dataloader in loader.flattened):
+            return  # a stateful loader was put back where it stood: leave its iterator
+        for dataloader in loader.flattened:
+            _set_sampler_epoch(dataloader, loop.epoch_progress.current.processed)
+        iter(fetcher)
 
 
 def resolve_precision(cfg: TrainerConfig) -> str:
@@ -59,6 +131,7 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path) -> tuple[L.Trainer, ModelChe
             latest,
             EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience),
             LearningRateMonitor(logging_interval="epoch"),
+            RandomState(),
             *progress,
         ],
         logger=[CSVLogger(run_dir, name="csv", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
@@ -81,17 +154,50 @@ def eval_trainer(cfg: TrainerConfig) -> L.Trainer:
     )
 
 
+def training_ended(last: Path, max_epochs: int) -> str | None:
+    """Why the training of the run whose last checkpoint is `last` is over (all `max_epochs`
+    trained, or early stopping fired), or None when it can go on.
+
+    Raises:
+        ConfigError: the checkpoint cannot be read (a run killed while writing it).
+    """
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for files it cannot read or will not unpickle
+        raise ConfigError(f"--resume: {last} is not a readable checkpoint ({type(exc).__name__})") from None
+    # `processed` counts the epoch whose end wrote the checkpoint; `completed` lags it by one there
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    trained = progress.get("processed")
+    if trained is not None and trained >= max_epochs:
+        return f"{trained} of max_epochs={max_epochs} epochs trained"
+    for key, callback in state.get("callbacks", {}).items():
+        if key.startswith("EarlyStopping") and (callback.get("stopping_reason") or callback.get("stopped_epoch")):
+            return f"early stopping ended it after epoch {callback.get('stopped_epoch', 0) + 1}"
+    return None
+
+
 def read_logs(run_dir: Path) -> pl.DataFrame | None:
+    """The run's csv/metrics.csv, or None when there is none."""
     path = run_dir / "csv" / "metrics.csv"
     return pl.read_csv(path, infer_schema_length=None) if path.is_file() else None
 
 
 def merge_logs(run_dir: Path, earlier: pl.DataFrame | None) -> None:
-    """CSVLogger rewrites metrics.csv on resume: put the interrupted run's epochs back."""
-    now = read_logs(run_dir)
-    if earlier is None or now is None:
+    """Put the interrupted run's rows back into metrics.csv (CSVLogger starts it afresh on resume).
+
+    The earlier rows kept are those logged before the resumed run's first step: the resumed run
+    logs again whatever came after its checkpoint. The step is the logger's own clock, so rows
+    without an epoch (the learning rates of LearningRateMonitor) are kept too; a log without a
+    step column falls back to the epoch.
+    """
+    if earlier is None or earlier.is_empty():
         return
-    first_new = now["epoch"].drop_nulls().min()
-    kept = earlier.filter(pl.col("epoch") < first_new)
-    merged = pl.concat([kept, now], how="diagonal_relaxed")
+    now = read_logs(run_dir)
+    if now is not None and not now.is_empty():
+        column = "step" if "step" in earlier.columns and "step" in now.columns else "epoch"
+        first_new = now[column].drop_nulls().min()
+        if first_new is not None:
+            earlier = earlier.filter(pl.col(column) < first_new)
+        earlier = pl.concat([earlier, now], how="diagonal_relaxed")
+    merged = earlier.select(sorted(earlier.columns))  # the column order CSVLogger writes
     atomic_write(run_dir / "csv" / "metrics.csv", lambda tmp: merged.write_csv(tmp))

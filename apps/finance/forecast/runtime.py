@@ -17,7 +17,7 @@ from deepapps.apps.finance.forecast.series import (
 from deepapps.core.contract import Forecast
 from deepapps.core.errors import DataError, DeepappsError
 from deepapps.core.runtime.evaluation import Evaluation
-from deepapps.core.runtime.interface import Predictions, Serving
+from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
 
 BASELINES = ("last_value", "seasonal_naive", "ets")
@@ -135,6 +135,25 @@ def _mase_scale(table, ranges: list[dict], season: int) -> np.ndarray:
     return np.maximum(scale, 1e-8)
 
 
+# the range of datetime64[ns] timestamps, which the calendar arithmetic (polars) stays inside
+FIRST_YEAR, LAST_YEAR = 1678, 2261
+
+
+def parse_timestamp(value: object) -> np.datetime64:
+    """An ISO timestamp of a request (`last_timestamp`) as datetime64[us]; DataError when it is not
+    one, or lies outside the years 1678-2261."""
+    try:
+        stamp = np.datetime64(value, "us") if isinstance(value, str) else None
+    except (TypeError, ValueError, OverflowError):
+        stamp = None
+    if stamp is None or np.isnat(stamp):
+        raise DataError(f"last_timestamp {str(value)[:40]!r}: not a timestamp such as \"2018-06-26T19:00:00\"")
+    year = stamp.astype("datetime64[Y]").astype(np.int64) + 1970
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise DataError(f"last_timestamp {value!r}: outside the years {FIRST_YEAR}-{LAST_YEAR}")
+    return stamp
+
+
 def _qname(level: float) -> str:
     return f"p{100 * level:g}"
 
@@ -147,11 +166,10 @@ def _error_row(sid: str, error: str, qs: list[float]) -> dict:
 def _decode_extra(pre: dict, kind: Forecast, item: dict) -> dict:
     extra = {}
     if pre.get("calendar"):
-        try:
-            last = np.datetime64(item["last_timestamp"], "us")
-        except (KeyError, TypeError, ValueError):
+        if "last_timestamp" not in item:
             raise DataError("last_timestamp: required (calendar features are generated from it), e.g. "
-                            '"2018-06-26T19:00:00"') from None
+                            '"2018-06-26T19:00:00"')
+        last = parse_timestamp(item["last_timestamp"])
         stamps = shifted_timestamps(last, kind.freq, range(1 - kind.look_back, kind.horizon + 1))
         extra["calendar"] = calendar_features(np.array(stamps, dtype="datetime64[us]"), pre["calendar"],
                                               pre.get("holidays"))
@@ -176,7 +194,7 @@ class ForecastServing(Serving):
         parser.add_argument("inputs", nargs=1, metavar="history", help="CSV or Parquet history with the training "
                             "columns; the latest look-back of each series is forecast")
         parser.add_argument("--series", help="comma-separated series ids to forecast (default: every series)")
-        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=256)
+        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=256)
 
     def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
         """Forecast the next H steps of every series; a series that cannot be forecast is an error row.
@@ -299,7 +317,10 @@ class ForecastServing(Serving):
             raise DataError(f"history: shape {window.shape}, the model needs ({L}, {C}) = look-back x targets")
         if not np.isfinite(window).all():
             raise DataError("history: NaN or infinite values")
-        return window, item.get("last_timestamp"), _decode_extra(model.contract.preprocess, kind, item)
+        last = item.get("last_timestamp")
+        if last is not None:
+            parse_timestamp(last)  # a bad one is this item's 4xx, not a failure of the batch it joins
+        return window, last, _decode_extra(model.contract.preprocess, kind, item)
 
     def run_items(self, model: OnnxModel, items: list[tuple[np.ndarray, str | None, dict]]) -> list[dict]:
         """One ONNX Runtime call for a micro-batch of windows."""
@@ -315,9 +336,9 @@ class ForecastServing(Serving):
             }
             if last and kind.freq:
                 try:
-                    stamps = future_timestamps(np.datetime64(last), kind.freq, kind.horizon)
+                    stamps = future_timestamps(parse_timestamp(last), kind.freq, kind.horizon)
                     result["timestamps"] = [str(s) for s in stamps]
-                except ValueError:
-                    result["timestamps_error"] = f"last_timestamp {last!r} is not a timestamp"
+                except DataError as exc:
+                    result["timestamps_error"] = str(exc)
             out.append(result)
         return out

@@ -108,10 +108,11 @@ def prepare_frame(
     if both := set(targets) & set(covariates):
         raise ConfigError(f"--data.covariates: {', '.join(sorted(both))} is also a target column")
     columns = [*targets, *covariates]
+    infinite = sum(int(df[c].cast(pl.Float64, strict=False).is_infinite().sum()) for c in columns)
     df = df.with_columns(_numeric(df[c], source) for c in columns)
     ids = df[id_column].cast(pl.String) if id_column else pl.Series([""] * df.height)
     df = df.with_columns(ids.alias("__id")).select("__id", timestamp, *columns)
-    notes = []
+    notes = [f"{infinite} infinite values treated as missing"] if infinite else []
     backwards = df.select((pl.col(timestamp).diff().over("__id").dt.total_microseconds() < 0).any()).item()
     if backwards:
         notes.append("rows were not in time order: sorted")
@@ -151,13 +152,15 @@ def _parse_timestamps(column: pl.Series, source: str) -> pl.Series:
 
 
 def _numeric(column: pl.Series, source: str) -> pl.Series:
+    """Float64 with NaN and +-inf as missing (filled later like any gap)."""
     if column.dtype.is_numeric():
-        return column.cast(pl.Float64).fill_nan(None)
-    cast = column.cast(pl.Float64, strict=False)
-    bad = cast.is_null() & column.is_not_null()
-    if bad.any():
-        raise DataError(f"{source}: target column {column.name!r} is not numeric (e.g. {column.filter(bad)[0]!r})")
-    return cast.fill_nan(None)
+        cast = column.cast(pl.Float64)
+    else:
+        cast = column.cast(pl.Float64, strict=False)
+        bad = cast.is_null() & column.is_not_null()
+        if bad.any():
+            raise DataError(f"{source}: target column {column.name!r} is not numeric (e.g. {column.filter(bad)[0]!r})")
+    return cast.fill_nan(None).set(cast.is_infinite(), None)
 
 
 def _regular(part: pl.DataFrame, timestamp: str, targets: list[str], freq: str, fill: str, source: str) -> Series:
@@ -169,6 +172,9 @@ def _regular(part: pl.DataFrame, timestamp: str, targets: list[str], freq: str, 
         raise DataError(f"{source}: series {sid or '(single)'} has {off_grid} timestamps off its {freq} grid")
     full = grid.join(part.drop("__id"), on=timestamp, how="left")
     missing = int(sum(full[c].is_null().sum() for c in targets))
+    empty = [c for c in targets if full[c].is_null().all()]
+    if empty:
+        raise DataError(f"{source}: series {sid or '(single)'} has no values in column {empty[0]!r}")
     if missing and fill == "none":
         raise DataError(f"{source}: series {sid or '(single)'} has {missing} missing values and --data.fill is none")
     values = fill_missing(full.select(targets).to_numpy().astype(np.float64), fill)

@@ -20,7 +20,7 @@ from deepapps.apps.finance.fraud.tables import Columns, split_frame
 from deepapps.core.data.tables import scan_table, table_schema
 from deepapps.core.errors import DataError, DeepappsError
 from deepapps.core.runtime.evaluation import ClassificationEvaluation
-from deepapps.core.runtime.interface import Predictions, Serving
+from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.io import atomic_write
 from deepapps.core.runtime.session import OnnxModel
 
@@ -91,7 +91,7 @@ def _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric
     lf = scan_table(input, spec.numeric if string_numeric else ())
     schema = table_schema(input, lf)
     columns = list(dict.fromkeys([*keep, *spec.numeric, *spec.categorical]))
-    stats = {"rows": 0, "bad": 0, "flagged": 0, "unknown": {}}
+    stats = {"rows": 0, "bad": 0, "flagged": 0, "unknown": {}, "first_error": None}
     out_schema = {c: schema[c] for c in keep} if keep else {"row": pl.Int64}
     out_schema |= {"score": pl.Float32, "decision": pl.Boolean, "error": pl.String}
 
@@ -132,6 +132,8 @@ def _score_chunk(model, spec, chunk: pl.DataFrame, threshold: float, keep: list[
     decision = scores >= threshold
     stats["rows"] += chunk.height
     stats["bad"] += int(bad.sum())
+    if bad.any() and stats["first_error"] is None:
+        stats["first_error"] = f"row {stats['rows'] - chunk.height + int(np.argmax(bad))}: {enc.first_error}"
     stats["flagged"] += int(decision.sum())
     for k, v in enc.unknown.items():
         stats["unknown"][k] = stats["unknown"].get(k, 0) + v
@@ -159,7 +161,7 @@ class FraudServing(Serving):
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("inputs", nargs=1, metavar="input",
                             help="CSV or Parquet table of transactions (raw columns, as in training)")
-        parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=CHUNK,
+        parser.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=positive_int, default=CHUNK,
                             help=f"rows scored per chunk (default {CHUNK}); memory stays flat whatever the file size")
         parser.add_argument("--threshold", type=float, default=None,
                             help="decision threshold (default: the cost-based one stored in the model)")
@@ -173,6 +175,8 @@ class FraudServing(Serving):
         if stats["unknown"]:
             unseen = ", ".join(f"{k}={v}" for k, v in stats["unknown"].items())
             message += f"\nunseen categories (scored as unknown): {unseen}"
+        if stats["first_error"]:
+            message += f"\nerror: {args.inputs[0]}: {stats['first_error']} (and every row with an error)"
         return Predictions(None, stats["bad"], stats["rows"], message)
 
     def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
@@ -212,7 +216,11 @@ class FraudServing(Serving):
             raise DataError("expected a JSON object of column: value")
         spec = FeatureSpec.from_meta(model.contract.preprocess)
         check_columns(list(item), spec, "row")
-        row = pl.DataFrame({c: [item[c]] for c in [*spec.numeric, *spec.categorical]}, strict=False)
+        columns = [*spec.numeric, *spec.categorical]
+        for c in columns:
+            if not isinstance(item[c], (str, int, float, bool, type(None))):
+                raise DataError(f"column {c!r}: expected a number, a text or null, got {type(item[c]).__name__}")
+        row = pl.DataFrame({c: [item[c]] for c in columns}, strict=False)
         enc = encode(row, spec)
         if enc.bad.any():
             raise DataError(enc.first_error)
