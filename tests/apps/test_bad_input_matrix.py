@@ -307,3 +307,47 @@ def test_a_forecast_series_with_infinite_values_is_filled_and_counted(tmp_path):
     assert np.isfinite(values).all()
     assert any("6 infinite values treated as missing" in n for n in table.notes), table.notes
     assert json.dumps(table.notes)
+
+
+@pytest.mark.parametrize("name", ["vision", "healthcare"])
+def test_a_decompression_bomb_in_a_folder_is_one_error_row(app_models, name, tmp_path, capsys):
+    from tests.core.test_serving_attacks import claimed_png
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        good_input(name, tmp_path).rename(folder / f"good{i}.png")
+    (folder / "bomb.png").write_bytes(claimed_png(200_000, 200_000))
+    out = tmp_path / "p.csv"
+    assert main([cli(name), "predict", "--model", str(app_models[name]), "--out", str(out), str(folder)]) == 0
+    rows = pl.read_csv(out)
+    assert rows.height == 3 and rows.filter(pl.col("path").str.contains("bomb"))["error"][0].count("over the limit")
+    assert "over the limit" in capsys.readouterr().err
+
+
+def test_an_npz_holding_an_object_array_is_refused_unpickled(tmp_path, capsys):
+    path = tmp_path / "objects.npz"
+    images = np.empty(4, dtype=object)
+    images[:] = [np.zeros((8, 8), np.uint8)] * 4
+    np.savez(path, train_images=images, train_labels=np.arange(4) % 2)
+    code = main(["vision", "fit", "--config", str(TINY["vision"]), "--data.path", str(path),
+                 "--run_dir", str(tmp_path / "run")])
+    expect_one_line(capsys, code, "objects.npz")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, needle", [(lambda m: m.pop("labels"), "'labels' is missing"),
+                                            (lambda m: "{broken", "not valid JSON")])
+def test_serve_refuses_a_model_whose_metadata_is_broken(app_models, tmp_path, change, needle):
+    import subprocess
+    import sys
+
+    proto = onnx.load(str(app_models["vision"]))
+    meta = read_metadata(app_models["vision"])
+    value = change(meta)
+    entry = next(p for p in proto.metadata_props if p.key == "deepapps")
+    entry.value = value if isinstance(value, str) else json.dumps(meta)
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    result = subprocess.run([sys.executable, "-m", "deepapps.core.cli", "serve", "--model", str(tmp_path / "m.onnx")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and needle in result.stderr
