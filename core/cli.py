@@ -27,6 +27,7 @@ TOOLS = {
 
 COMMANDS = {
     "fit": "train on the data, export the best checkpoint to ONNX and evaluate that file",
+    "tune": "hyperparameter search over the fit config (Optuna: TPE, grid or random; pruning; resumable)",
     "validate": "metrics of a checkpoint on the validation split (torch)",
     "test": "metrics of a checkpoint on the test split (torch)",
     "export": "checkpoint -> ONNX with metadata, parity-checked against torch",
@@ -127,7 +128,7 @@ def run_app(app: AppSpec, argv: list[str]) -> int:
     if command in extra:
         return extra[command].load()(app, rest)
     return {
-        "fit": _fit, "validate": _stage, "test": _stage, "export": _export,
+        "fit": _fit, "tune": _tune, "validate": _stage, "test": _stage, "export": _export,
         "evaluate": _evaluate, "predict": _predict,
     }[command](app, command, rest)
 
@@ -153,6 +154,10 @@ def config_parser(app: AppSpec, command: str, with_ckpt: bool = False, base_yaml
         parser.add_argument("--int8", type=bool, default=False,
                             help="also write a dynamic-int8 copy with its accuracy change measured (apps that support it)")
     parser.add_class_arguments(app.load_config_class(), as_group=False)
+    if command == "tune":
+        from deepapps.core.tuning import TuneConfig
+
+        parser.add_class_arguments(TuneConfig, nested_key="tune")
     return parser
 
 
@@ -178,27 +183,50 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
             key = re.search(r'"([^"]+)"', str(exc))
             raise ConfigError(f"--ckpt {_option(argv, '--ckpt')}: not a {app.name} checkpoint "
                               f"(its config has {key.group(1) if key else exc})") from None
-    argv = _bare_flags(argv, _bool_options(app.load_config_class()) | {"--fp16", "--int8"})
+    flags = _bool_options(app.load_config_class()) | {"--fp16", "--int8"}
+    if command == "tune":
+        from deepapps.core.tuning import TuneConfig
+
+        flags |= _bool_options(TuneConfig, "--tune.")
+    argv = _bare_flags(argv, flags)
     try:
         namespace = parser.parse_args(argv)
     except (ArgumentError, ValueError, TypeError) as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise ConfigError(f"deepapps {app.name} {command}: {detail}") from None
-    skip = {"config", "ckpt", "out", "fp16", "int8", "__default_config__"}
+    skip = {"config", "ckpt", "out", "fp16", "int8", "tune", "__default_config__"}
     values = {k: v for k, v in namespace.as_dict().items() if k not in skip}
     cfg = from_dict(app.load_config_class(), values)
     check_ranges(cfg)
     return parser, namespace, cfg, values
 
 
-def _fit(app: AppSpec, command: str, argv: list[str]) -> int:
+def _fit(app: AppSpec, command: str, argv: list[str], search: dict | None = None) -> int:
     parser, namespace, cfg, values = parse_config(app, command, argv)
     _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
     from deepapps.core.training.fit import fit
 
     yaml = parser.dump(namespace, skip_none=False)
-    run_dir = fit(app, cfg, values, _strip_config_keys(yaml))
+    run_dir = fit(app, cfg, values, _strip_config_keys(yaml), search=search)
     print(run_dir)
+    return 0
+
+
+def _tune(app: AppSpec, command: str, argv: list[str]) -> int:
+    """The fit config parsed as `fit` parses it, plus --tune.*; with --tune.refit, `fit` of best.yaml."""
+    _, namespace, cfg, values = parse_config(app, command, argv)
+    _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
+    from deepapps.core.config import from_dict
+    from deepapps.core.tuning import TuneConfig, tune
+
+    options = from_dict(TuneConfig, namespace.as_dict()["tune"])
+    search = tune(app, cfg, values, options)
+    print(search.tune_dir)
+    if options.refit:
+        if search.best_yaml is None:
+            raise ConfigError(f"--tune.refit: no trial of the study has completed yet (see {search.tune_dir / 'trials.csv'})")
+        sys.stdout.flush()
+        _fit(app, "fit", ["--config", str(search.best_yaml), "--run_dir", str(search.refit_dir)], search=search.summary)
     return 0
 
 
@@ -236,20 +264,27 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
 
     parser = _serving_parser(app, command)
     parser.add_argument("--data.path", "--data", dest="data_path", help="data to evaluate on (default: the training data)")
-    parser.add_argument("--split", default="test", help="train, val or test (as split in fit)")
+    parser.add_argument("--split", default="auto",
+                        help="auto (default: test on the data the model was fit on, all on other data), "
+                             "all (every item), or train, val or test as fit split the data")
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     if args.out and any(same_file(args.out, path) for path in (args.model, args.data_path) if path):
         raise ConfigError(f"--out {args.out}: is one of the inputs; it would be overwritten")
+    from deepapps.core.runtime.evaluation import choose_split, with_choice
+
     model = load_model(args.model, args.provider, app=app.name)
     say_provider(model)
     data_path = args.data_path or model.contract.train.data_config.get("path")
     if not data_path:
         raise ConfigError("--data.path is required (the model does not name its training data)")
-    evaluation = app.load_serving().evaluate(model, data_path, args.split)
-    text = json.dumps(evaluation.metrics, indent=2)
+    split, chosen = choose_split(model, data_path, args.split)
+    if chosen != "given":
+        print(f"deepapps: auto: --split {split}: {chosen.removeprefix('auto: ')}", file=sys.stderr)
+    metrics = with_choice(app.load_serving().evaluate(model, data_path, split).metrics, chosen)
+    text = json.dumps(metrics, indent=2)
     if args.out:
-        write_json(args.out, evaluation.metrics)
+        write_json(args.out, metrics)
     print(text)
     return 0
 

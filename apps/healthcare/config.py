@@ -90,9 +90,11 @@ class SignalConfig:
 class HealthcareFitConfig(ImageFitConfig):
     """Fine-tune a medical image (or ECG signal) classifier, calibrate it, choose its operating threshold, export ONNX."""
 
-    task: str = "image"
+    task: str = "auto"
     """`image` (MedMNIST/PNG/DICOM) or `signal` (1-D ECG beats: UCR .txt, CSV/Parquet one signal per
-    row; `model.backbone` is then `resnet1d`, `fcn` or a timm name for a 2-D CNN on the spectrogram)."""
+    row; `model.backbone` is then `resnet1d`, `fcn` or a timm name for a 2-D CNN on the spectrogram);
+    `auto`: from the data (a UCR .txt or a table of numeric samples is a signal set, folders,
+    manifests and .npz are images). configs/ecg.yaml holds the settings made for ECG (resnet1d, ...)."""
     data: MedicalDataConfig = field(default_factory=MedicalDataConfig)
     clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)

@@ -112,7 +112,8 @@ class HealthcareServing(Serving):
         else:
             settings = MedicalDataSettings.from_dict(model.contract.train.data_config)
             evaluation = image_classification.evaluate(
-                model, data_path, split, batch_size, open_source=lambda path: open_medical_source(path, settings),
+                model, data_path, split, batch_size,
+                open_source=lambda path: open_medical_source(path, settings, strict=False),
             )
         from deepapps.core.metrics import calibration_metrics  # scikit-learn: evaluate only, never predict
 

@@ -13,7 +13,7 @@ import polars as pl
 
 from deepapps.apps.healthcare.signals import SignalRow, SignalSettings, open_signal_source, read_signal_rows, signal_error
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
 from deepapps.core.runtime.interface import Predictions
 from deepapps.core.runtime.session import OnnxModel
 
@@ -80,7 +80,8 @@ def predict(model: OnnxModel, args: argparse.Namespace, decide) -> Predictions:
 
 def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 256) -> ClassificationEvaluation:
     """Accuracy, macro-F1, balanced accuracy, AUC, per-class and the confusion matrix on `split`,
-    re-split from the file exactly as fit did (settings and class names from the model)."""
+    re-split from the file exactly as fit did (settings and class names from the model); `all`:
+    every signal of the file (e.g. a UCR _TEST file)."""
     from deepapps.core.metrics import classification_metrics
 
     contract = model.contract
@@ -88,12 +89,18 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     source = open_signal_source(data_path, settings, contract.preprocess.get("label_values"), model.labels)
     if source.length != signal_length(model):
         raise DataError(f"{data_path}: {source.length} samples per signal, the model takes {signal_length(model)}")
-    if split not in source.splits:
-        raise DeepappsError(f"--split {split}: choose one of {sorted(source.splits)}")
-    indices = source.splits[split]
+    if split == "all":
+        indices = np.arange(len(source.targets))
+    elif split in source.splits:
+        indices = source.splits[split]
+    else:
+        raise DeepappsError(f"--split {split}: choose all or one of {sorted(source.splits)}")
+    if not len(indices):
+        raise DataError(f"{data_path}: the {split} split is empty (--split all scores every signal)")
     probs = score_signals(model, source.signals[indices], batch_size)
     targets = source.targets[indices]
-    metrics = {"split": split, "data": data_path} | classification_metrics(contract.task, targets, probs, model.labels)
+    metrics = evaluation_head(split, data_path, len(indices)) | classification_metrics(
+        contract.task, targets, probs, model.labels)
     return ClassificationEvaluation(metrics, targets, probs, model.labels, contract.task)
 
 

@@ -103,7 +103,8 @@ def open_signal_source(path: str, settings: SignalSettings | None = None,
 
     Args:
         label_values: raw label -> class name (a model's); None names them from the file.
-        labels: the class order (a model's); None sorts the raw labels (numbers numerically).
+        labels: the class order (a model's); None sorts the raw labels (numbers numerically)
+            and needs two classes or more (fit); a model's (evaluate) scores one class too.
     """
     settings = settings or SignalSettings()
     if path == ECG_NAME:
@@ -114,7 +115,8 @@ def open_signal_source(path: str, settings: SignalSettings | None = None,
     elif path.startswith("builtin:"):
         raise DataError(f"{path}: unknown builtin dataset (available: {ECG_NAME})")
     else:
-        rows = read_signal_rows(path, settings.label_column, labelled=True)
+        read_notes: list[str] = []
+        rows = read_signal_rows(path, settings.label_column, labelled=True, notes=read_notes)
         bad = next((r for r in rows if r.error), None)
         if bad is not None:
             raise DataError(f"{path}: {bad.error}")
@@ -128,8 +130,9 @@ def open_signal_source(path: str, settings: SignalSettings | None = None,
     unknown = sorted(set(raw) - set(label_values))
     if unknown:
         raise DataError(f"{path}: labels {unknown[:5]} are not among the model's {sorted(label_values)}")
+    fit = labels is None
     labels = labels or [label_values[v] for v in sorted(set(raw), key=_numeric_first)]
-    if len(set(raw)) < 2:
+    if fit and len(set(raw)) < 2:
         raise DataError(f"{path}: only one class ({raw[0]!r}); a classifier needs at least two")
     index = {name: i for i, name in enumerate(labels)}
     targets = np.asarray([index[label_values[v]] for v in raw], dtype=np.int64)
@@ -140,6 +143,8 @@ def open_signal_source(path: str, settings: SignalSettings | None = None,
              f"train/val/test, seed {s.seed} (classes with fewer than 3 signals stay in train)"]
     if set(label_values) != set(label_values.values()):
         notes.append("class names: " + ", ".join(f"{k} = {v}" for k, v in label_values.items()))
+    if path != ECG_NAME:
+        notes += read_notes
     return SignalSource(description, labels, signals, targets, splits, dict(label_values), notes)
 
 
@@ -164,10 +169,12 @@ def known_positive_label(path: str) -> str | None:
 
 
 def read_signal_rows(path: str, label_column: str = "label", labelled: bool | None = None,
-                     length: int | None = None, id_column: str | None = None) -> list[SignalRow]:
+                     length: int | None = None, id_column: str | None = None,
+                     notes: list[str] | None = None) -> list[SignalRow]:
     """Every row of a signal file, each with its samples or a one-line error.
 
     Args:
+        notes: a CSV's dialect is appended to it (one line).
         labelled: True: every row carries a label (UCR: first value); False: none does;
             None (predict): a UCR row of length + 1 values has a label, of `length` none.
         length: the expected number of samples; other lengths become error rows.
@@ -183,7 +190,7 @@ def read_signal_rows(path: str, label_column: str = "label", labelled: bool | No
     if suffix in UCR_EXTENSIONS:
         rows = _ucr_rows(file, labelled, length)
     elif suffix in TABLE_EXTENSIONS:
-        rows = _table_rows(file, label_column, labelled, id_column)
+        rows = _table_rows(file, label_column, labelled, id_column, notes)
     else:
         raise DataError(f"{path}: unsupported signal file {suffix or '(no extension)'!r}; "
                         f"use {', '.join(SIGNAL_EXTENSIONS)}")
@@ -235,8 +242,9 @@ def _ucr_rows(file: Path, labelled: bool | None, length: int | None) -> list[Sig
     return rows
 
 
-def _table_rows(file: Path, label_column: str, labelled: bool | None, id_column: str | None) -> list[SignalRow]:
-    frame = read_table(file, infer_rows=None, null_values=["", "NA", "NaN", "nan"])
+def _table_rows(file: Path, label_column: str, labelled: bool | None, id_column: str | None,
+                notes: list[str] | None = None) -> list[SignalRow]:
+    frame = read_table(file, infer_rows=None, null_values=["", "NA", "NaN", "nan"], notes=notes)
     if labelled and label_column not in frame.columns:
         raise DataError(f"{file}: no label column {label_column!r} (columns: {', '.join(frame.columns[:8])}); "
                         "set --data.label_column")

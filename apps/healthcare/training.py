@@ -7,6 +7,7 @@ network instead (apps/healthcare/signal_training.py); calibration and threshold 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from functools import partial
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from deepapps.apps.healthcare.clinical import check_rule, choose_threshold, fit_temperature, nll, operating_point
 from deepapps.apps.healthcare.config import HealthcareFitConfig
-from deepapps.apps.healthcare.data import MedicalDataSettings, known_positive_label, open_medical_source
+from deepapps.apps.healthcare.data import MedicalDataSettings, detect_task, known_positive_label, open_medical_source
 from deepapps.core.contract import Classification
 from deepapps.core.errors import ConfigError
 from deepapps.core.metrics import calibration_metrics
@@ -30,6 +31,7 @@ log = logging.getLogger("deepapps.healthcare")
 
 IMBALANCE = ("loss", "sampler", "none")
 TASKS = ("image", "signal")
+AUTO = "auto"  # the task from the data (apps/healthcare/data.py: detect_task)
 
 
 class EpochWeightedSampler(WeightedRandomSampler):
@@ -123,8 +125,9 @@ class HealthcareTraining(Training):
     def build(self, cfg: HealthcareFitConfig, saved: Saved | None = None, with_data: bool = True) -> Built:
         """The core image family (or the ECG signal network), with the clinical settings applied."""
         clinical = cfg.clinical
-        if cfg.task not in TASKS:
-            raise ConfigError(f"--task {cfg.task}: choose {', '.join(TASKS)}")
+        if cfg.task not in (*TASKS, AUTO):
+            raise ConfigError(f"--task {cfg.task}: choose {', '.join(TASKS)}, {AUTO}")
+        task_note = resolve_task(cfg, saved)
         if clinical.imbalance not in IMBALANCE:
             raise ConfigError(f"--clinical.imbalance {clinical.imbalance}: choose {', '.join(IMBALANCE)}")
         if clinical.channels not in (1, 3):
@@ -145,6 +148,8 @@ class HealthcareTraining(Training):
             }
         if built.kind.problem == "binary":
             positive_index(built.labels, clinical.positive_label, cfg.data.path)  # a wrong name fails now, not after training
+        if task_note and built.datamodule is not None:
+            built.datamodule.source.notes.append(task_note)  # the model card's data notes
         return built
 
     def post_fit(self, module, built: Built, cfg: HealthcareFitConfig) -> PostFit:
@@ -169,6 +174,20 @@ class HealthcareTraining(Training):
         from deepapps.apps.healthcare.report import write_healthcare_report
 
         write_healthcare_report(run)
+
+
+def resolve_task(cfg: HealthcareFitConfig, saved: Saved | None = None) -> str | None:
+    """Set `cfg.task` when it is `auto`: from a checkpoint's model, else from the data
+    (`detect_task`); the choice is printed once. Returns it as a note (None: the task was given)."""
+    if cfg.task != AUTO:
+        return None
+    if saved is not None:
+        cfg.task = "signal" if saved.preprocess.get("kind") == "signal" else "image"
+        return None  # the checkpoint's model decides; the fit that made it printed its choice
+    cfg.task, why = detect_task(cfg.data.path, cfg.data.path_column, cfg.data.label_column)
+    line = f"--task {cfg.task} ({why})"
+    print(f"deepapps: auto: {line}", file=sys.stderr)
+    return f"auto: {line}"
 
 
 def calibrate_and_threshold(net: nn.Module, built: Built, cfg: HealthcareFitConfig) -> dict:

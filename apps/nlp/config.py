@@ -16,10 +16,12 @@ class TextDataConfig:
     path: str = "builtin:reviews"
     """CSV, TSV, Parquet or JSONL file with a text and a label column, or `builtin:reviews`
     (600 generated product reviews, positive/negative; for smoke runs)."""
-    text_column: str = "text"
-    """Column holding the texts."""
-    label_column: str = "label"
-    """Column holding the labels (strings, or integers mapped by label_names)."""
+    text_column: str = "auto"
+    """Column holding the texts; `auto`: the one string column of long or varied values (a tie
+    goes to a column named text, sentence, review, ...; else name it)."""
+    label_column: str = "auto"
+    """Column holding the labels (strings, or integers mapped by label_names); `auto`: the one
+    other column with few distinct values (a tie goes to a column named label, class, ...)."""
     label_names: list[str] | None = None
     """Names of integer labels 0..K-1 (e.g. [negative, positive]); None names them by value."""
     max_length: int = 128

@@ -68,6 +68,7 @@ class TextDataModule(L.LightningDataModule):
         self.cfg, self.pad_id, self.seed = cfg, pad_id, seed
         table = read_labelled(cfg.path, cfg.text_column, cfg.label_column, cfg.label_names)
         self.labels, self.multilabel, self.notes = table.labels, False, list(table.notes)
+        self.text_column, self.label_column = table.text_column, table.label_column  # `auto` resolved
         self.splits = stratified_split(table.targets, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         if cfg.max_train_rows and len(self.splits["train"]) > cfg.max_train_rows:
             full = len(self.splits["train"])

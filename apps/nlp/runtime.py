@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from deepapps.apps.nlp.table import read_frame, read_labelled
+from deepapps.apps.nlp.table import AUTO, read_frame, read_labelled
 from deepapps.apps.nlp.tokens import encode, load_tokenizer, pad
 from deepapps.core.data.splits import stratified_split
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
 from deepapps.core.runtime.image_classification import prediction
 from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
@@ -78,11 +78,15 @@ class NlpServing(Serving):
     def add_predict_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("inputs", nargs="*", help="text file (one text per line) or CSV/TSV/Parquet/JSONL table")
         parser.add_argument("--text", action="append", default=[], help="a text to score (repeat for several)")
-        parser.add_argument("--column", default="text", help="text column of a table input")
+        parser.add_argument("--column", default=None,
+                            help="text column of a table input (default: the model's text column, else `text`)")
         parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32)
 
     def predict(self, model: OnnxModel, args: argparse.Namespace) -> Predictions:
         """Score every text; empty or undecodable ones become error rows. Returns (table, failures)."""
+        if args.column is None:
+            trained = model.contract.train.data_config.get("text_column")
+            args.column = trained if isinstance(trained, str) and trained != AUTO else "text"
         items = read_inputs(args)
         rows = []
         for source, text, error in items:
@@ -117,21 +121,22 @@ class NlpServing(Serving):
         if split == "all":
             rows = np.arange(len(table.texts))
         else:
+            if split not in ("train", "val", "test"):
+                raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
             if model.contract.schema_version < 2:
                 print(f"warning: {model.path} was made by deepapps 0.1, which carved text splits another way; "
                       f"its {split} rows are re-carved by today's rule and may include rows it trained on",
                       file=sys.stderr)
             splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
                                       cfg.get("split_seed", 0))
-            if split not in splits:
-                raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
             rows = splits[split]
         if not len(rows):
             raise DataError(f"{data_path}: the {split} split is empty")
         probs, _ = score_texts(model, [table.texts[i] for i in rows], batch_size)
         targets = table.targets[rows]
         problem = model.contract.task
-        metrics = {"split": split, "data": data_path} | classification_metrics(problem, targets, probs, model.labels)
+        metrics = evaluation_head(split, data_path, len(rows)) | classification_metrics(
+            problem, targets, probs, model.labels)
         return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
 
     def decode_item(self, model: OnnxModel, item: dict | bytes) -> list[int]:

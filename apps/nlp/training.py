@@ -64,6 +64,8 @@ class NlpTraining(Training):
         encoder, tokenizer, weights = load_encoder(cfg.model.pretrained, weights=saved is None)
         spec = tokenizer_spec(tokenizer, cfg.data.max_length)
         datamodule = TextDataModule(cfg.data, spec["tokenizer_json"], spec["pad_id"], cfg.seed) if with_data else None
+        if datamodule is not None:  # `auto` columns as resolved: the model's data_config names them for evaluate
+            cfg.data.text_column, cfg.data.label_column = datamodule.text_column, datamodule.label_column
         kind = saved.kind if saved is not None else Classification(
             datamodule.labels, problem_type(len(datamodule.labels), False))
         net = TextClassifier(encoder, len(kind.labels), cfg.model.pooling, cfg.model.drop_rate)

@@ -78,6 +78,7 @@ def open_image_source(
     path: str, split: SplitSettings | None = None, path_column: str = "path",
     label_column: str = "label", group_column: str | None = None,
     reader: Callable[[str], Image.Image] | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    strict: bool = True,
 ) -> ImageSource:
     """Index the dataset at `path` and split it. Raises DataError for unusable data.
 
@@ -90,6 +91,9 @@ def open_image_source(
         reader: file -> PIL image for folders and manifests (default: `open_image`); lets
             an app read other formats, e.g. DICOM.
         extensions: file suffixes a folder is searched for.
+        strict: fit's checks: two classes or more, and no empty train, val or test split.
+            False (evaluate): labelled data of one class, or too small to carve every split,
+            can still be scored (`evaluate --split all`).
     """
     split = split or SplitSettings()
     reader = reader or open_image
@@ -107,17 +111,20 @@ def open_image_source(
             source = _manifest(p, path_column, label_column, group_column, reader)
         else:
             raise DataError(f"{path}: expected an image folder, a .csv/.parquet manifest or a .npz")
-    _check_labels(source, path)
+    _check_labels(source, path, strict)
     _complete_splits(source, split)
     if source.groups is not None:
         _check_groups(source, path)
-    check_splits(source.splits, path)
+    if strict:
+        check_splits(source.splits, path)
     return source
 
 
-def _check_labels(source: ImageSource, path: str) -> None:
+def _check_labels(source: ImageSource, path: str, strict: bool = True) -> None:
     if len(source.refs) == 0:
         raise DataError(f"{path}: no images found")
+    if not strict:
+        return
     present = source.targets.any(0).sum() if source.multilabel else len(np.unique(source.targets))
     if present < 2:
         only = source.labels[0] if source.labels else "?"
@@ -162,7 +169,8 @@ def _class_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -
 
 def _manifest(path: Path, path_column: str, label_column: str, group_column: str | None = None,
               reader: Callable[[str], Image.Image] = open_image) -> ImageSource:
-    table = read_table(path, all_strings=True)
+    notes: list[str] = []
+    table = read_table(path, all_strings=True, notes=notes)
     for column in (path_column, label_column):
         if column not in table.columns:
             raise DataError(f"{path}: manifest has no {column!r} column (has {table.columns})")
@@ -191,7 +199,7 @@ def _manifest(path: Path, path_column: str, label_column: str, group_column: str
         groups = np.asarray(column.to_list(), dtype=object)
     return ImageSource(
         description=f"manifest {path}", labels=labels, refs=refs, targets=targets,
-        splits=splits, load=lambda i: reader(refs[i]), groups=groups,
+        splits=splits, load=lambda i: reader(refs[i]), groups=groups, notes=notes,
     )
 
 

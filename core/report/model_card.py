@@ -43,6 +43,41 @@ def write_model_card(path: Path, info: dict) -> Path:
     return write_text(path, render_model_card(info))
 
 
+SEARCH_HEADING = "Hyperparameter search"
+
+
+def search_section(search: dict) -> tuple[str, str]:
+    """(heading, Markdown body) of the hyperparameter search that chose a refit's config (the
+    `search` section of its metrics.json, written by `deepapps <app> tune --tune.refit`)."""
+    states = search.get("states") or {}
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in states.items() if n) or "none finished"
+    sampler = {"tpe": "TPE (Bayesian)", "grid": "grid", "random": "random"}.get(search.get("sampler"), search.get("sampler"))
+    goal = "maximising" if search.get("direction") == "maximize" else "minimising"
+    best = search.get("best_value")
+    lines = [
+        f"Chosen by `deepapps {search.get('app', '')} tune`: {search.get('trials', 0)} trials ({counts}) of a "
+        f"{sampler} search, pruner {search.get('pruner', 'none')}, {goal} `{search.get('objective')}` on the "
+        "validation split; the test split was not read during the search. "
+        + (f"Best trial #{search.get('best_trial')}: {_fmt_metric(best)}." if best is not None else "No trial completed."),
+        "",
+        f"Study `{search.get('study')}` in `{search.get('storage')}`; trials in `{search.get('trials_csv', 'trials.csv')}`.",
+        "",
+    ]
+    best_params = search.get("best_params") or {}
+    rows = [[f"`{name}`", _fmt_space(spec), _fmt_value(best_params.get(name))]
+            for name, spec in (search.get("space") or {}).items()]
+    lines.append(_table(["field", "searched over", "best"], rows))
+    return SEARCH_HEADING, "\n".join(lines)
+
+
+def _fmt_space(spec: dict) -> str:
+    if spec.get("type") == "categorical":
+        return "one of " + ", ".join(str(c) for c in spec.get("choices", []))
+    scale = ", log" if spec.get("log") else ""
+    step = f", step {spec['step']}" if spec.get("step") is not None else ""
+    return f"{spec.get('type')} [{spec.get('low')}, {spec.get('high')}]{scale}{step}"
+
+
 def _title(info: dict) -> str:
     """The heading, the creation line and a one-line summary."""
     app = info.get("app")

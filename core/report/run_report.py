@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepapps.core.report.model_card import write_model_card
+from deepapps.core.report.model_card import search_section, write_model_card
 from deepapps.core.report.plots import confusion_matrix_plot, roc_plot, training_curves
 from deepapps.core.training.interface import FitRun
 
@@ -49,7 +49,10 @@ def write_run_report(run: FitRun, info: dict | None = None, extra_plots: list[Pa
         card["data"]["notes"] = card["data"]["notes"] + [
             f"{samples} test inputs were saved to samples/ to try `deepapps {run.app.name} predict` on."
         ]
-    return write_model_card(run_dir / "model_card.md", card | (info or {}))
+    card |= info or {}
+    if run.search:
+        card["sections"] = [*(card.get("sections") or []), search_section(run.search)]
+    return write_model_card(run_dir / "model_card.md", card)
 
 
 def _headline(metrics: dict) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
 from deepapps.core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
 from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
@@ -125,11 +125,13 @@ def evaluate(
     model: OnnxModel, data_path: str, split: str = "test", batch_size: int = 32,
     open_source: Callable[[str], ImageSource] | None = None,
 ) -> ClassificationEvaluation:
-    """Metrics of the ONNX model on `split` of the data, split exactly as in fit.
+    """Metrics of the ONNX model on `split` of the data, split exactly as in fit; `all`: every
+    image (of every given split too). The data's labels may be a subset of the model's.
 
     Args:
         open_source: data path -> ImageSource, for an app that reads its data its own way;
-            default: `open_image_source` with the split settings stored in the model.
+            default: `open_image_source` with the split settings stored in the model (not
+            strict: evaluate scores data of one class, or too small for fit's splits).
     """
     from deepapps.core.data.image_sources import SplitSettings, open_image_source
     from deepapps.core.metrics import classification_metrics
@@ -140,20 +142,42 @@ def evaluate(
             data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
         )
         open_source = partial(open_image_source, split=settings, path_column=data_cfg.get("path_column", "path"),
-                              label_column=data_cfg.get("label_column", "label"))
+                              label_column=data_cfg.get("label_column", "label"), strict=False)
     source = open_source(data_path)
-    if source.labels != model.labels:
-        raise DataError(f"{data_path}: labels {source.labels} differ from the model's {model.labels}")
-    if split not in source.splits:
-        raise DeepappsError(f"--split {split}: choose one of {sorted(source.splits)}")
+    all_targets = model_targets(source.labels, source.targets, model.labels, data_path)
+    if split == "all":
+        indices = np.arange(len(source.refs))
+    elif split in source.splits:
+        indices = source.splits[split]
+    else:
+        raise DeepappsError(f"--split {split}: choose all or one of {sorted(source.splits)}")
+    if not len(indices):
+        raise DataError(f"{data_path}: the {split} split is empty (the data is too small to carve it; "
+                        "--split all scores every image)")
     spec = ImageSpec.from_meta(model.contract.preprocess)
-    indices = source.splits[split]
     images = [to_model_input(source.load(int(i)), spec) for i in indices]
     probs = score_images(model, images, batch_size)
-    targets = source.targets[indices]
+    targets = all_targets[indices]
     problem = model.contract.task
-    metrics = {"split": split, "data": data_path} | classification_metrics(problem, targets, probs, model.labels)
+    metrics = evaluation_head(split, data_path, len(indices)) | classification_metrics(
+        problem, targets, probs, model.labels)
     return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
+
+
+def model_targets(labels: list[str], targets: np.ndarray, model_labels: list[str], data_path: str) -> np.ndarray:
+    """The data's targets as class ids (or multi-hot columns) of the model's labels: the data
+    may hold fewer classes than the model (a folder without one class), never others."""
+    if labels == model_labels:
+        return targets
+    unknown = [name for name in labels if name not in model_labels]
+    if unknown:
+        raise DataError(f"{data_path}: labels {unknown} are not among the model's {model_labels}")
+    index = np.asarray([model_labels.index(name) for name in labels], dtype=np.int64)
+    if targets.ndim == 1:
+        return index[targets]
+    out = np.zeros((len(targets), len(model_labels)), dtype=targets.dtype)
+    out[:, index] = targets
+    return out
 
 
 class ImageServing(Serving):

@@ -72,7 +72,9 @@ class Serving(ABC):
 
     @abstractmethod
     def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> Evaluation:
-        """Metrics of `model` on `split` of labelled data (split as fit split it)."""
+        """Metrics of `model` on `split` of labelled data: `train`, `val` or `test` as fit split it,
+        or `all` (every item). They start with `evaluation_head` (core.runtime.evaluation):
+        split, n, data and the data's fingerprint."""
 
     @abstractmethod
     def decode_item(self, model: OnnxModel, item: Any) -> Any:

@@ -22,6 +22,7 @@ from torch import nn
 
 from deepapps.core import __version__
 from deepapps.core.contract import ModelContract, Provenance, copy_with_metadata, read_metadata, set_metadata
+from deepapps.core.data.fingerprint import fingerprint
 from deepapps.core.errors import ExportParityError
 from deepapps.core.runtime.io import atomic_write
 from deepapps.core.training.interface import Built, Training
@@ -103,11 +104,13 @@ def export_model(app: str, training: Training, built: Built, cfg, config: dict, 
         built.dynamic_axes, built.parity_tolerance, name,
     )
     data = built.datamodule.summary() if built.datamodule is not None else {}
+    if built.datamodule is not None:  # evaluate --split auto tells the training data from other data by it
+        data = data | {"fingerprint": fingerprint(cfg.data.path)}
     contract = ModelContract(
         app=app, family=built.family, kind=served.kind, inputs=built.inputs, outputs=built.outputs,
         preprocess=built.preprocess, metrics=metrics,
         train=Provenance(
-            data={k: data[k] for k in ("source", "sizes", "notes") if k in data},
+            data={k: data[k] for k in ("source", "sizes", "notes", "fingerprint") if k in data},
             data_config=asdict(cfg.data), backbone=built.backbone, pretrained=built.weights,
             config_sha256=hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest(),
         ),

@@ -1,8 +1,10 @@
 """The one fit flow every app shares, and the checkpoint commands (validate, test, export).
 
-fit = build -> train -> best checkpoint -> validate/test in torch -> post-fit (stored in the
-    checkpoint) -> export ONNX (parity-checked) -> evaluate that graph with the app's Serving
-    -> model.onnx -> the app's artifacts -> metrics.json -> plots and model card
+fit = train (build -> Lightning fit -> best checkpoint) -> validate/test in torch -> post-fit
+    (stored in the checkpoint) -> export ONNX (parity-checked) -> evaluate that graph with the
+    app's Serving -> model.onnx -> the app's artifacts -> metrics.json -> plots and model card
+
+A search trial (core.tuning) runs `train` alone, without checkpoints.
 
 Each artifact is written once.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from deepapps.core.training.checkpoints import (
     load_checkpoint, post_fit_state, read_checkpoint, restore, store_post_fit,
 )
 from deepapps.core.training.export import convert_fp16, export_model
-from deepapps.core.training.interface import FitRun
+from deepapps.core.training.interface import Built, FitRun
 from deepapps.core.training.trainer import (
     eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision, training_ended,
 )
@@ -39,7 +43,58 @@ def default_run_dir(app: str) -> Path:
     return Path("runs") / app / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
+@dataclass
+class Trained:
+    """What `train` leaves: the built network and data, the trained module, its Trainer and the
+    best checkpoint (None when trained without checkpoints)."""
+
+    built: Built
+    module: L.LightningModule
+    trainer: L.Trainer
+    best: Path | None
+
+
+def train(app: AppSpec, cfg, config: dict, config_yaml: str, run_dir: Path, callbacks: Sequence = (),
+          checkpoints: bool = True, resume_from: Path | None = None) -> Trained:
+    """The training part of a fit: seed -> build -> config.yaml -> module -> Lightning fit.
+
+    Args:
+        app, cfg, config, config_yaml: as for `fit`.
+        run_dir: the folder written (config.yaml, logs, checkpoints/ when `checkpoints`).
+        callbacks: extra Lightning callbacks (a search's pruning callback).
+        checkpoints: False trains without checkpoints, TensorBoard or a progress display (a
+            search trial: only config.yaml and csv/metrics.csv are written).
+        resume_from: the last checkpoint to continue from (`--resume`).
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    training = app.load_training()
+    built = training.build(cfg)
+    # only now: bad data or settings stop the run before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_yaml)
+    module = training.module(built, cfg)
+    module.save_hyperparameters({"deepapps": built.saved(config, app.name).to_dict()})
+    earlier_logs = read_logs(run_dir) if resume_from else None  # before CSVLogger deletes the file
+    trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks, checkpoints)
+    if checkpoints:
+        log.info("run folder %s; data %s; weights %s; precision %s", run_dir, built.datamodule.summary()["source"],
+                 built.weights, resolve_precision(cfg.trainer))
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        trainer.fit(module, datamodule=built.datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # what follows runs on rank 0 alone
+    if trainer.is_global_zero and earlier_logs is not None:
+        merge_logs(run_dir, earlier_logs)
+    best = None
+    if checkpoint is not None:
+        best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
+    return Trained(built, module, trainer, best)
+
+
+def fit(app: AppSpec, cfg, config: dict, config_yaml: str, search: dict | None = None) -> Path:
     """Train, export and evaluate one run; returns the run folder.
 
     Args:
@@ -47,6 +102,9 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
         cfg: the app's fit config (dataclass instance).
         config: the same config as a plain dict (saved in checkpoints and metadata).
         config_yaml: the same config as YAML (saved as config.yaml).
+        search: the hyperparameter search that chose this config (`deepapps <app> tune
+            --tune.refit`): stored in metrics.json's `search` and the model card; None for a
+            plain fit.
     """
     # DDP children re-run this command: they take the parent's folder, not a new timestamp
     run_dir = Path(cfg.run_dir or os.environ.get(RUN_DIR_ENV) or default_run_dir(app.name))
@@ -57,32 +115,12 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
         raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
     if cfg.resume:
         _check_unfinished(app, run_dir, last, cfg.trainer.max_epochs)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    training, serving = app.load_training(), app.load_serving()
-    built = training.build(cfg)
-    # only now: bad data or settings stop the run before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config_yaml)
-    module = training.module(built, cfg)
-    module.save_hyperparameters({"deepapps": built.saved(config, app.name).to_dict()})
-    earlier_logs = read_logs(run_dir) if cfg.resume else None  # before CSVLogger deletes the file
-    trainer, checkpoint = make_trainer(cfg.trainer, run_dir)
-    log.info("run folder %s; data %s; weights %s; precision %s", run_dir, built.datamodule.summary()["source"],
-             built.weights, resolve_precision(cfg.trainer))
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    try:
-        trainer.fit(module, datamodule=built.datamodule, ckpt_path=str(last) if cfg.resume else None)
-    finally:
-        os.environ.pop(RUN_DIR_ENV, None)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # what follows runs on rank 0 alone
-    if not trainer.is_global_zero:
+    trained = train(app, cfg, config, config_yaml, run_dir, resume_from=last if cfg.resume else None)
+    if not trained.trainer.is_global_zero:
         return run_dir
-    if earlier_logs is not None:
-        merge_logs(run_dir, earlier_logs)
-
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    training, serving = app.load_training(), app.load_serving()
+    built, module, best = trained.built, trained.module, trained.best
     module.load_state_dict(read_checkpoint(best).state_dict)
     evaluator, dm = eval_trainer(cfg.trainer), built.datamodule
     metrics = {
@@ -104,7 +142,9 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str) -> Path:
     write_model(onnx_path, proto, contract)
     if cfg.export_fp16:
         convert_fp16(onnx_path, run_dir / "model.fp16.onnx")
-    run = FitRun(run_dir, app, cfg, config_yaml, built, module, metrics, evaluation, post_fit, contract)
+    if search is not None:
+        metrics["search"] = search
+    run = FitRun(run_dir, app, cfg, config_yaml, built, module, metrics, evaluation, post_fit, contract, search)
     metrics |= training.artifacts(run)
     write_json(run_dir / "metrics.json", metrics)
     training.report(run)

@@ -156,6 +156,8 @@ class FitRun:
     evaluation: Evaluation
     post_fit: PostFit
     contract: ModelContract
+    search: dict | None = None
+    """The hyperparameter search that chose the config (`tune --tune.refit`), else None."""
 
     @property
     def onnx_path(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,20 @@ def resolve_precision(cfg: TrainerConfig) -> str:
     return "32-true"
 
 
-def make_trainer(cfg: TrainerConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with best/last checkpoints, early stopping, LR monitor, CSV + TensorBoard logs."""
+def make_trainer(cfg: TrainerConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
+                 checkpoints: bool = True) -> tuple[L.Trainer, ModelCheckpoint | None]:
+    """A Trainer with best/last checkpoints, early stopping, LR monitor, CSV + TensorBoard logs.
+
+    Args:
+        callbacks: extra callbacks (a search trial's pruning callback).
+        checkpoints: False (a search trial): no checkpoints, no TensorBoard, no progress
+            display, no sanity-check validation; early stopping and csv/metrics.csv stay. The
+            checkpoint returned is then None.
+    """
+    loggers = [CSVLogger(run_dir, name="csv", version="")]
+    if not checkpoints:
+        kept = [EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience)]
+        return _trainer(cfg, run_dir, [*kept, *callbacks], loggers, progress=False, num_sanity_val_steps=0), None
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode,
         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
@@ -119,31 +132,40 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path) -> tuple[L.Trainer, ModelChe
         enable_version_counter=False, save_on_exception=True,
     )
     progress = [RichProgressBar()] if sys.stderr.isatty() else [EpochSummary()]
-    trainer = L.Trainer(
+    every = [
+        checkpoint,
+        latest,
+        EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience),
+        LearningRateMonitor(logging_interval="epoch"),
+        RandomState(),
+        *progress,
+        *callbacks,
+    ]
+    loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    return _trainer(cfg, run_dir, every, loggers, progress=sys.stderr.isatty()), checkpoint
+
+
+def _trainer(cfg: TrainerConfig, run_dir: Path, callbacks: list, loggers: list, progress: bool,
+             **options) -> L.Trainer:
+    return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         strategy=cfg.strategy,
         precision=resolve_precision(cfg),
-        callbacks=[
-            checkpoint,
-            latest,
-            EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=cfg.patience),
-            LearningRateMonitor(logging_interval="epoch"),
-            RandomState(),
-            *progress,
-        ],
-        logger=[CSVLogger(run_dir, name="csv", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
-        enable_progress_bar=sys.stderr.isatty(),
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
         gradient_clip_val=cfg.gradient_clip_val,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         log_every_n_steps=cfg.log_every_n_steps,
         enable_model_summary=False,
+        **options,
     )
-    return trainer, checkpoint
 
 
 def eval_trainer(cfg: TrainerConfig) -> L.Trainer:

@@ -83,6 +83,28 @@ def test_evaluate_cli(forecast_run, series_csv, tmp_path, capsys):
     assert json.loads(out.read_text())["split"] == "val"
 
 
+def test_evaluate_every_split_and_all_windows_of_other_series(forecast_run, series_csv, tmp_path, capsys):
+    model = str(forecast_run / "model.onnx")
+
+    def evaluate(*args: str) -> dict:
+        capsys.readouterr()
+        assert main(["forecast", "evaluate", "--model", model, "--provider", "cpu", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    windows = {split: evaluate("--split", split) for split in ("train", "val", "test", "all")}
+    assert all(m["n"] == m["windows"] and m["split"] == split for split, m in windows.items())
+    assert windows["test"]["n"] == 2 * (192 - 12 + 1)  # the test parts' windows
+    assert windows["all"]["n"] == 2 * (960 - 72 - 12 + 1)  # every window of both whole series
+    printed = evaluate()  # the training data: its test windows
+    assert list(printed)[:5] == ["split", "split_chosen", "n", "data", "fingerprint"]
+    assert printed["split"] == "test" and printed["n"] == windows["test"]["n"]
+    later = tmp_path / "later.csv"
+    seasonal_long(n=24 * 10, seed=3).write_csv(later)
+    printed = evaluate("--data.path", str(later))
+    assert printed["split"] == "all" and printed["n"] == printed["windows"] == 2 * (240 - 72 - 12 + 1)
+    assert printed["fingerprint"]["kind"] == "file" and "other fingerprint" in printed["split_chosen"]
+
+
 def test_predict_latest_window_per_series_with_error_rows(forecast_run, tmp_path):
     history = seasonal_long(n=24 * 5)
     short = history.filter(pl.col("store") == "b").head(30).with_columns(pl.lit("short").alias("store"))

@@ -246,6 +246,27 @@ def test_autoencoder_option_fits_exports_and_predicts(tmp_path):
     assert pl.read_parquet(tmp_path / "s.parquet")["score"].is_between(0, 1).all()
 
 
+def test_evaluate_splits_and_other_tables(run, tmp_path, capsys):
+    model = str(run / "model.onnx")
+
+    def evaluate(*args: str) -> dict:
+        capsys.readouterr()
+        assert main(["fraud", "evaluate", "--model", model, "--provider", "cpu", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    sizes = {split: evaluate("--split", split)["n"] for split in ("train", "val", "test", "all")}
+    assert sizes == {"train": 4200, "val": 900, "test": 900, "all": 6000}
+    printed = evaluate()  # the builtin training data: its test split
+    assert list(printed)[:5] == ["split", "split_chosen", "n", "data", "fingerprint"]
+    assert printed["split"] == "test" and printed["n"] == 900 and printed["fingerprint"]["kind"] == "builtin"
+    table = tmp_path / "labelled.csv"
+    generate(700, 0.05, seed=11).write_csv(table)
+    printed = evaluate("--data.path", str(table))  # every row of a table the model never saw
+    assert printed["split"] == "all" and printed["n"] == 700 and printed["data"] == str(table)
+    assert printed["fingerprint"]["kind"] == "file" and printed["fingerprint"]["size"] == table.stat().st_size
+    assert evaluate("--data.path", str(table), "--split", "test")["n"] == 105  # 15% of it, as fit would split it
+
+
 def test_gan_oversampling_adds_synthetic_frauds_to_train_only(tmp_path):
     run_dir = tmp_path / "gan"
     assert main(["fraud", "fit", "--config", TINY, *FAST, "--trainer.max_epochs", "1", "--data.gan_oversample", "1.5",

@@ -179,6 +179,67 @@ def test_evaluate_rescores_exactly_the_held_out_rows(run, ucr, tmp_path):
     assert main(["healthcare", "evaluate", "--model", str(run / "model.onnx"), "--split", "val"]) == 0
 
 
+def test_evaluate_scores_a_ucr_test_file_whole_and_every_split(run, ucr, tmp_path, capsys):
+    model = str(run / "model.onnx")
+
+    def evaluate(*args: str) -> dict:
+        capsys.readouterr()
+        assert main(["healthcare", "evaluate", "--model", model, *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    test_file = write_ucr(tmp_path / "beats_TEST.txt", n=90, seed=8)
+    printed = evaluate("--data.path", str(test_file))  # another file: every signal of it
+    assert list(printed)[:5] == ["split", "split_chosen", "n", "data", "fingerprint"]
+    assert printed["split"] == "all" and printed["n"] == 90 and sum(printed["confusion_matrix"][0]) > 0
+    assert printed["fingerprint"]["size"] == test_file.stat().st_size and "balanced_accuracy" in printed
+    sizes = {split: evaluate("--split", split)["n"] for split in ("all", "train", "val", "test")}
+    assert sizes == {"all": 360, "train": 216, "val": 72, "test": 72}
+    one_class = tmp_path / "normal_only.txt"
+    normal = [line for line in ucr.read_text().splitlines() if line.startswith("1.")]
+    one_class.write_text("\n".join(normal) + "\n")
+    printed = evaluate("--data.path", str(one_class))  # a file of one class is still scored
+    assert printed["split"] == "all" and printed["per_class"]["1"]["support"] == printed["n"] == len(normal)
+
+
+def test_task_auto_reads_a_ucr_file_as_signals(ucr, tmp_path, capsys):
+    from deepapps.apps.healthcare.config import HealthcareFitConfig, MedicalDataConfig, SignalConfig
+    from deepapps.apps.healthcare.data import detect_task
+    from deepapps.apps.healthcare.training import HealthcareTraining
+
+    assert detect_task(str(ucr)) == ("signal", "beats_TRAIN.txt is a UCR signal file")
+    frame = pl.DataFrame({"id": ["a", "b"], "label": ["N", "V"]} | {f"s{j}": [0.1, 0.2] for j in range(8)})
+    frame.write_csv(tmp_path / "rows.csv")
+    frame.write_parquet(tmp_path / "rows.parquet")
+    ucr_tsv = tmp_path / "beats.tsv"
+    ucr_tsv.write_text(ucr.read_text().replace(" ", "\t"))
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("path\tlabel\na.png\tcat\n")
+    (tmp_path / "folder").mkdir()
+    expected = {"rows.csv": "signal", "rows.parquet": "signal", "beats.tsv": "signal", "manifest.tsv": "image",
+                "folder": "image", "x.npz": "image", "scan.dcm": "image"}
+    assert {name: detect_task(str(tmp_path / name))[0] for name in expected} == expected
+    assert detect_task("builtin:synthetic-ecg")[0] == "signal" and detect_task("builtin:synthetic-xray")[0] == "image"
+    cfg = HealthcareFitConfig(data=MedicalDataConfig(path=str(ucr), val_fraction=0.2, test_fraction=0.2),
+                              signal=SignalConfig(width=8))
+    cfg.model.backbone, cfg.model.pretrained = "resnet1d", None
+    assert cfg.task == "auto"
+    capsys.readouterr()
+    built = HealthcareTraining().build(cfg)
+    assert cfg.task == "signal" and built.family == "signal_classification" and built.labels == ["1", "2", "3"]
+    line = "auto: --task signal (beats_TRAIN.txt is a UCR signal file)"
+    assert capsys.readouterr().err.count(f"deepapps: {line}") == 1
+    assert line in built.datamodule.summary()["notes"]
+
+
+def test_task_image_on_a_ucr_file_suggests_task_signal(ucr, tmp_path, capsys):
+    argv = ["healthcare", "fit", "--config", str(CONFIGS / "tiny.yaml"), "--task", "image", "--data.path", str(ucr),
+            "--run_dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "beats_TRAIN.txt: expected an image folder" in err and "use --task signal" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_predict_writes_probabilities_labels_and_error_rows(run, ucr, tmp_path, capsys):
     lines = ucr.read_text().splitlines()[:5]
     lines[1] = " ".join(lines[1].split()[:50])  # too short

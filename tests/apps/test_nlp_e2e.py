@@ -98,6 +98,55 @@ def test_evaluate_reproduces_the_fit_test_split(run, capsys):
     assert printed["n"] == 72 and printed["accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
 
 
+def test_evaluate_every_split_and_other_labelled_data(run, tmp_path, capsys):
+    model = str(run["dir"] / "model.onnx")
+
+    def evaluate(*args: str) -> dict:
+        capsys.readouterr()
+        assert main(["nlp", "evaluate", "--model", model, *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    sizes = {split: evaluate("--split", split)["n"] for split in ("all", "train", "val", "test")}
+    assert sizes == {"all": 360, "train": 216, "val": 72, "test": 72}
+    other = review_csv(tmp_path / "more.csv", n=45, seed=5)
+    printed = evaluate("--data.path", str(other))
+    assert list(printed)[:5] == ["split", "split_chosen", "n", "data", "fingerprint"]
+    assert printed["split"] == "all" and printed["n"] == 45 and printed["fingerprint"]["kind"] == "file"
+
+
+def test_fit_finds_the_columns_of_a_new_table(run, tmp_path, capsys):
+    """`sentence,label` (no `text` column) fits with the default `auto` columns; they travel in the model."""
+    rows = pl.read_csv(run["data"]).head(120)
+    data = tmp_path / "train.tsv"
+    rows.select(sentence="review_body", label="stars").write_csv(data, separator="\t")
+    run_dir = tmp_path / "auto"
+    capsys.readouterr()
+    assert main(["nlp", "fit", "--config", str(TINY), "--model.pretrained", str(run["root"] / "bert"),
+                 "--data.path", str(data), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                 "--export_int8", "false", "--run_dir", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("deepapps: auto: --data.text_column sentence (the only text column)") == 1
+    assert err.count("deepapps: auto: --data.label_column label (the only label column)") == 1
+    meta = load_model(run_dir / "model.onnx", "cpu", app="nlp").meta
+    assert meta["train"]["data_config"]["text_column"] == "sentence"
+    assert meta["train"]["data_config"]["label_column"] == "label"
+    card = (run_dir / "model_card.md").read_text()
+    assert "auto: --data.text_column sentence" in card and "read as TSV" in card
+    # evaluate and predict read the model's columns
+    assert main(["nlp", "evaluate", "--model", str(run_dir / "model.onnx"), "--split", "all"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 120
+    assert main(["nlp", "predict", "--model", str(run_dir / "model.onnx"), str(data)]) == 0
+    assert len(pl.read_csv(capsys.readouterr().out.encode())) == 120
+    # two text columns: one line naming them and the option, exit 2, no run folder
+    rows.select(title="review_body", summary="review_body", label="stars").write_csv(tmp_path / "two.csv")
+    assert main(["nlp", "fit", "--config", str(TINY), "--model.pretrained", str(run["root"] / "bert"),
+                 "--data.path", str(tmp_path / "two.csv"), "--run_dir", str(tmp_path / "two")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"deepapps: error: {tmp_path / 'two.csv'}: cannot tell the text column: title, summary each "
+                      "holds text; set --data.text_column"]
+    assert not (tmp_path / "two").exists()
+
+
 def test_predict_needs_neither_torch_nor_transformers(run, tmp_path):
     lines = tmp_path / "texts.txt"
     lines.write_bytes(b"the chair is superb\n\xff\xfe broken bytes\n   \nthe lamp is awful\n")

@@ -13,7 +13,7 @@ from deepapps.apps.nlp.config import TextOptimConfig
 from deepapps.apps.nlp.data import BucketSampler
 from deepapps.apps.nlp.explain import attribute
 from deepapps.apps.nlp.model import TextClassifier, layer_depth
-from deepapps.apps.nlp.table import read_labelled
+from deepapps.apps.nlp.table import read_labelled, resolve_columns
 from deepapps.core.data.splits import stratified_split
 from deepapps.apps.nlp.training import text_classification_module as TextClassificationTask
 from deepapps.apps.nlp.training import warmup_decay as WarmupDecay
@@ -47,6 +47,54 @@ def test_non_utf8_table_is_a_data_error(tmp_path):
     path.write_bytes(b"text,label\ncaf\xe9,pos\nok,neg\n")
     with pytest.raises(DataError, match="cannot read"):
         read_labelled(str(path), "text", "label")
+
+
+def test_auto_columns_find_the_text_and_the_label(tmp_path, capsys):
+    path = tmp_path / "train.tsv"
+    rows = [f"{'a fine' if i % 2 else 'a dull'} film number {i}\t{i % 2}" for i in range(12)]
+    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    table = read_labelled(str(path), "auto", "auto", ["negative", "positive"])
+    assert (table.text_column, table.label_column) == ("sentence", "label")
+    assert table.texts[1] == "a fine film number 1" and table.targets.tolist()[:2] == [0, 1]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["deepapps: auto: --data.text_column sentence (the only text column)",
+                   "deepapps: auto: --data.label_column label (the only label column)"]
+    assert "auto: --data.text_column sentence (the only text column)" in table.notes
+    assert any("read as TSV without quoting" in n for n in table.notes)  # the dialect is noted too
+    # an id column, a numeric column of many values and a short-text label column are told apart
+    frame = pl.DataFrame({"review_id": [f"R{i:04d}" for i in range(40)], "helpful": list(range(40)),
+                          "stars": ["good", "bad"] * 20, "review": [f"the lamp number {i} is ok" for i in range(40)]})
+    assert resolve_columns(frame, "t.csv")[:2] == ("review", "stars")
+    # one explicit, one auto
+    assert resolve_columns(frame, "t.csv", text_column="review_id")[:2] == ("review_id", "stars")
+
+
+def test_auto_columns_that_are_ambiguous_are_one_line_errors():
+    frame = pl.DataFrame({"title": ["a good film", "bad one", "fine movie", "so so"],
+                          "summary": ["long text here", "more words", "some more", "and more"], "label": list("pnpn")})
+    with pytest.raises(DataError, match=r"^t.csv: cannot tell the text column: title, summary each holds text; "
+                                        r"set --data.text_column$"):
+        resolve_columns(frame, "t.csv")
+    assert resolve_columns(frame, "t.csv", text_column="summary")[:2] == ("summary", "label")
+    two = frame.with_columns(verified=pl.Series([True, False, True, False]))
+    assert resolve_columns(two, "t.csv", text_column="title")[1] == "label"  # the one named like a label
+    with pytest.raises(DataError, match="cannot tell the label column: rating, verified .*; set --data.label_column"):
+        resolve_columns(two.rename({"label": "rating"}), "t.csv", text_column="title")
+    with pytest.raises(DataError, match="no column holds text .*; set --data.text_column"):
+        resolve_columns(pl.DataFrame({"x": [1, 2, 3], "label": [0, 1, 0]}), "t.csv")
+    named = frame.rename({"summary": "text"})  # a usual name settles a tie
+    text, _, chosen = resolve_columns(named, "t.csv")
+    assert text == "text" and "the one named like a text column" in chosen[0]
+
+
+def test_quoted_multiline_review_tsv_reads_with_an_explicit_text_column(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    path.write_text('id\tsentence\tstars\n1\t"Great kettle.\nBoils fast, ""quiet"" too."\tgood\n'
+                    '2\tplain and simple\tbad\n3\t"two\nlines"\tgood\n')
+    table = read_labelled(str(path), "sentence", "auto")
+    assert table.texts == ['Great kettle.\nBoils fast, "quiet" too.', "plain and simple", "two\nlines"]
+    assert table.label_column == "stars" and table.labels == ["bad", "good"]
+    assert any("standard quoting (RFC 4180)" in n for n in table.notes)
 
 
 def test_jsonl_and_parquet_read_alike(tmp_path):

@@ -14,7 +14,8 @@ from PIL import Image
 
 from deepapps.core.cli import main
 from deepapps.core.contract import read_metadata
-from tests.helpers import TINY
+from deepapps.core.data.fingerprint import fingerprint
+from tests.helpers import COLOURS, TINY, make_image_folder
 
 
 def test_fit_writes_a_complete_run(tiny_run):
@@ -58,6 +59,71 @@ def test_evaluate_measures_the_shipped_file(tiny_run, image_folder, capsys, tmp_
     assert printed["accuracy"] == pytest.approx(saved["accuracy"])
     assert printed["n"] == saved["n"] == 6  # 15% of 16 per class, stratified
     assert json.loads(out.read_text())["macro_f1"] == pytest.approx(printed["macro_f1"])
+
+
+def _evaluate(capsys, *args: str) -> tuple[dict, str]:
+    """(printed metrics, stderr) of `deepapps vision evaluate ARGS`."""
+    capsys.readouterr()
+    assert main(["vision", "evaluate", *args]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_evaluate_on_another_labelled_folder_scores_all_of_it(tiny_run, image_folder, tmp_path, capsys):
+    model = str(tiny_run / "model.onnx")
+    stored = read_metadata(tiny_run / "model.onnx")["train"]["data"]["fingerprint"]
+    assert stored == fingerprint(image_folder) and stored["files"] == 48
+    other = make_image_folder(tmp_path / "other", COLOURS, per_class=5, seed=9)
+    printed, err = _evaluate(capsys, "--model", model, "--data.path", str(other))
+    assert list(printed)[:5] == ["split", "split_chosen", "n", "data", "fingerprint"]
+    assert printed["split"] == "all" and printed["n"] == 15 and printed["data"] == str(other)
+    assert printed["split_chosen"] == "auto: not the model's training data (other fingerprint): every item"
+    assert printed["fingerprint"] == fingerprint(other) and printed["fingerprint"]["files"] == 15
+    assert sum(c["support"] for c in printed["per_class"].values()) == 15
+    assert err.count("deepapps: auto: --split all") == 1
+    # the training data (by default, or given) is scored on the test split fit held out
+    for args in ([], ["--data.path", str(image_folder)]):
+        printed, err = _evaluate(capsys, "--model", model, *args)
+        assert printed["split"] == "test" and printed["n"] == 6 and "(same fingerprint)" in printed["split_chosen"]
+    # every split by name; all = train + val + test
+    sizes = {split: _evaluate(capsys, "--model", model, "--split", split)[0]["n"] for split in ("train", "val", "test", "all")}
+    assert sizes == {"train": 36, "val": 6, "test": 6, "all": 48}
+    printed, _ = _evaluate(capsys, "--model", model, "--data.path", str(other), "--split", "test")
+    assert printed["split"] == "test" and printed["split_chosen"] == "given" and printed["n"] == 3
+
+
+def test_evaluate_all_on_every_image_layout(tiny_run, image_folder, tmp_path, capsys):
+    model = str(tiny_run / "model.onnx")
+    # a folder with given splits: all = every split folder
+    for split, count in (("train", 4), ("val", 2), ("test", 2)):
+        make_image_folder(tmp_path / "given" / split, COLOURS, per_class=count, seed=len(split))
+    printed, _ = _evaluate(capsys, "--model", model, "--data.path", str(tmp_path / "given"))
+    assert printed["split"] == "all" and printed["n"] == 24 and printed["fingerprint"]["files"] == 24
+    assert _evaluate(capsys, "--model", model, "--data.path", str(tmp_path / "given"), "--split", "val")[0]["n"] == 6
+    # a manifest
+    paths = sorted(image_folder.rglob("*.png"))[::4]
+    manifest = tmp_path / "manifest.csv"
+    pl.DataFrame({"path": [str(p) for p in paths], "label": [p.parent.name for p in paths]}).write_csv(manifest)
+    printed, _ = _evaluate(capsys, "--model", model, "--data.path", str(manifest))
+    assert printed["split"] == "all" and printed["n"] == len(paths) == 12 and printed["fingerprint"]["kind"] == "file"
+    # an .npz with label names, its given splits and all of them
+    pixels = {name: np.stack([np.array(Image.open(p)) for p in sorted((image_folder / name).glob("*.png"))])
+              for name in COLOURS}
+    arrays = {"label_names": np.array(list(COLOURS))}
+    for split, rows in (("train", slice(0, 10)), ("val", slice(10, 13)), ("test", slice(13, 16))):
+        arrays[f"{split}_images"] = np.concatenate([pixels[name][rows] for name in COLOURS])
+        arrays[f"{split}_labels"] = np.repeat(np.arange(3), len(range(16)[rows]))[:, None]
+    npz = tmp_path / "colours.npz"
+    np.savez(npz, **arrays)
+    sizes = {split: _evaluate(capsys, "--model", model, "--data.path", str(npz), "--split", split)[0]["n"]
+             for split in ("all", "train", "val", "test")}
+    assert sizes == {"all": 48, "train": 30, "val": 9, "test": 9}
+    assert _evaluate(capsys, "--model", model, "--data.path", str(npz))[0]["split"] == "all"
+    # labelled data of fewer classes than the model's, too small for fit's splits
+    two = make_image_folder(tmp_path / "two", {k: COLOURS[k] for k in ("blue", "red")}, per_class=2, seed=4)
+    printed, _ = _evaluate(capsys, "--model", model, "--data.path", str(two))
+    assert printed["n"] == 4 and printed["per_class"]["green"]["support"] == 0
+    assert printed["per_class"]["red"]["support"] == 2
 
 
 def test_predict_writes_csv_with_error_rows(tiny_run, image_folder, tmp_path, capsys):

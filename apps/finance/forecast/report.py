@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepapps.core.report.model_card import _config_section, _export_section, _table
+from deepapps.core.report.model_card import _config_section, _export_section, _table, search_section
 from deepapps.core.report.plots import _epoch_series, _plot_series, _save, plt
 from deepapps.core.runtime.io import write_text
 from deepapps.core.training.interface import FitRun
@@ -104,6 +104,7 @@ def write_forecast_report(run: FitRun) -> Path:
         f"validation MSE {metrics['val'].get('mse', float('nan')):.4f}.",
         "",
         *_calibration_lines(metrics),
+        *_search_lines(run.search),
         "## Plots",
         "",
         *(f"![{p.stem}](plots/{p.name})\n" for p in plots if p),
@@ -122,6 +123,14 @@ def write_forecast_report(run: FitRun) -> Path:
         "- The scores come from one held-out period; regime changes after it are not covered.",
     ]
     return write_text(run_dir / "model_card.md", "\n".join(lines) + "\n")
+
+
+def _search_lines(search: dict | None) -> list[str]:
+    """The hyperparameter search that chose the config (a `tune --tune.refit` run), else nothing."""
+    if not search:
+        return []
+    heading, body = search_section(search)
+    return [f"## {heading}", "", body, ""]
 
 
 def _calibration_lines(metrics: dict) -> list[str]:

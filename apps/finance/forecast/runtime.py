@@ -16,7 +16,7 @@ from deepapps.apps.finance.forecast.series import (
 )
 from deepapps.core.contract import Forecast
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import Evaluation
+from deepapps.core.runtime.evaluation import Evaluation, evaluation_head
 from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
 
@@ -79,11 +79,16 @@ class SplitWindows:
 
 
 def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> SplitWindows:
-    """The windows of `split` of `data_path`, cut with the model's split settings (from its contract)."""
+    """The windows of `split` of `data_path`, cut with the model's split settings (from its contract).
+
+    `all`: every stride-1 window of every series (look-back and horizon inside the series, from
+    its first step: N - L - H + 1 windows of a series of N steps). The z-scale of MSE/MAE and the
+    MASE scale still come from each series' training part as the model's settings split it.
+    """
     pre, kind = model.contract.preprocess, model.contract.forecast
     data = model.contract.train.data_config
-    if split not in ("train", "val", "test"):
-        raise DeepappsError(f"--split {split}: choose train, val or test")
+    if split not in ("all", "train", "val", "test"):
+        raise DeepappsError(f"--split {split}: choose all, train, val or test")
     L, H = kind.look_back, kind.horizon
     table = load_table(data_path, pre["timestamp"], kind.targets, pre["id_column"], kind.freq, pre["fill"],
                        pre.get("covariates"))
@@ -92,7 +97,7 @@ def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> Spli
     train, mean, std = training_statistics([s.values for s in table.series], ranges)
     xs, ys, cals, covs = [], [], [], []
     for s, r in zip(table.series, ranges):
-        starts = window_starts(r[split], L, H)
+        starts = window_starts((0, len(s.values)) if split == "all" else r[split], L, H)
         x, y = windows(s.values, starts, L, H)
         xs.append(x)
         ys.append(y)
@@ -263,7 +268,8 @@ class ForecastServing(Serving):
 
     def evaluate(self, model: OnnxModel, data_path: str, split: str = "test",
                  batch_size: int = 256) -> ForecastEvaluation:
-        """Rolling-origin backtest (stride 1) over every window of `split`, against baselines.
+        """Rolling-origin backtest (stride 1) over every window of `split` (`all`: of the whole
+        series, see `split_windows`), against baselines; `n` = `windows`.
 
         MSE and MAE are on the z-scale of the training statistics (the ETT protocol); MASE and
         sMAPE on the raw scale; coverage and width of the outer quantile interval.
@@ -283,8 +289,8 @@ class ForecastServing(Serving):
             params = np.asarray([ets["alpha"], ets["beta"], ets["gamma"], ets["phi"]], dtype=np.float64)  # (4, C)
             points["ets"] = baselines.ets(x, H, ets.get("season_length", season), params)
         scale = _mase_scale(table, ranges, season)  # (C,)
-        metrics = {"split": split, "data": data_path, "windows": int(len(x)), "look_back": L, "horizon": H,
-                   "season_length": season}
+        metrics = evaluation_head(split, data_path, len(x)) | {"windows": int(len(x)), "look_back": L, "horizon": H,
+                                                                 "season_length": season}
         metrics |= point_metrics(median, y, mean, std, scale)
         lo, hi = q[..., 0], q[..., -1]
         metrics["coverage"] = float(np.mean((y >= lo) & (y <= hi)))

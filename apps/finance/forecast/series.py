@@ -51,13 +51,15 @@ class SeriesTable:
 # --- reading ---------------------------------------------------------------------------
 
 
-def read_frame(path: str) -> pl.DataFrame:
-    """A CSV/Parquet file (core.data.tables) as a polars frame, or a builtin series."""
+def read_frame(path: str, notes: list[str] | None = None) -> pl.DataFrame:
+    """A CSV/Parquet file (core.data.tables) as a polars frame, or a builtin series.
+
+    `notes`: a CSV's dialect is appended to it (one line)."""
     if path == "builtin:co2":
         return _co2()
     if path.startswith("builtin:"):
         raise ConfigError(f"--data.path {path}: unknown builtin; use builtin:co2")
-    return read_table(path)
+    return read_table(path, notes=notes)
 
 
 def _co2() -> pl.DataFrame:
@@ -84,8 +86,11 @@ def load_table(
     """
     if fill not in FILL_METHODS:
         raise ConfigError(f"--data.fill {fill}: choose one of {', '.join(FILL_METHODS)}")
-    df = read_frame(path)
-    return prepare_frame(df, path, timestamp, targets, id_column, freq, fill, covariates)
+    notes: list[str] = []
+    df = read_frame(path, notes)
+    table = prepare_frame(df, path, timestamp, targets, id_column, freq, fill, covariates)
+    table.notes[:0] = notes
+    return table
 
 
 def prepare_frame(

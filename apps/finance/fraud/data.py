@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytorch_lightning as L
 import torch
@@ -26,8 +28,13 @@ class TabularDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         source = cfg.path
-        df = load_source(source, cfg)
+        self.read_notes: list[str] = []
+        df = load_source(source, cfg, self.read_notes)
         self.columns = find_columns(df, source, cfg)
+        for option, value, found in (("--data.label_column", cfg.label_column, self.columns.label),
+                                     ("--data.time_column", cfg.time_column, self.columns.time)):
+            if value == "auto":  # each `auto` choice once, at the start (the summary notes name them too)
+                print(f"deepapps: auto: {option} {found or 'none'} (found by name or type)", file=sys.stderr)
         self.frames = split_frame(df, self.columns, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         y_train, positive = targets(self.frames["train"], self.columns.label, source)
         if len(np.unique(y_train)) < 2:
@@ -111,6 +118,7 @@ class TabularDataModule(L.LightningDataModule):
             f"numeric ({len(c.numeric)}): {', '.join(c.numeric)}",
             f"categorical ({len(c.categorical)}): {', '.join(c.categorical) or 'none'}",
             f"split: {self.cfg.split if c.time or self.cfg.split == 'random' else 'random (no time column)'}",
+            *self.read_notes,
         ]
         if self.n_synthetic:
             notes.append(f"GAN oversampling: {self.n_synthetic} synthetic frauds added to train "

@@ -21,15 +21,17 @@ LABELS = ["normal", "fraud"]
 CLIP = 10.0  # scaled numerics are clipped to [-CLIP, CLIP] in the graph
 
 
-def load_source(path: str, data) -> pl.DataFrame:
-    """The training table: a CSV/Parquet file or the built-in generator (`data` = data config)."""
+def load_source(path: str, data, notes: list[str] | None = None) -> pl.DataFrame:
+    """The training table: a CSV/Parquet file or the built-in generator (`data` = data config).
+
+    `notes`: a CSV's dialect is appended to it (one line)."""
     if path == BUILTIN:
         from deepapps.apps.finance.fraud.synth import generate
 
         return generate(data.synth_rows, data.synth_fraud_rate, data.synth_seed)
     if path.startswith("builtin:"):
         raise DataError(f"{path}: unknown builtin dataset; the fraud app has {BUILTIN}")
-    return read_table(path)
+    return read_table(path, notes=notes)
 
 
 def find_columns(df: pl.DataFrame, source: str, data, with_label: bool = True) -> Columns:

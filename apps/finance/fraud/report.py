@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 from deepapps.apps.finance.fraud.baselines import NAMES  # noqa: E402
-from deepapps.core.report.model_card import write_model_card  # noqa: E402
+from deepapps.core.report.model_card import search_section, write_model_card  # noqa: E402
 from deepapps.core.report.plots import training_curves  # noqa: E402
 from deepapps.core.runtime.io import atomic_write  # noqa: E402
 from deepapps.core.training.interface import FitRun  # noqa: E402
@@ -69,7 +69,8 @@ def write_fraud_report(run: FitRun) -> Path:
         "export": metrics.get("export", {}),
         "plots": [str(p.relative_to(run_dir)) for p in plots if p],
         "onnx": "model.onnx",
-        "sections": [("Feature importance (integrated gradients, test)", _importance_text(importance))],
+        "sections": [("Feature importance (integrated gradients, test)", _importance_text(importance)),
+                     *([search_section(run.search)] if run.search else [])],
         "intended_use": (
             "Ranking card or payment transactions by fraud risk for review. The decision column flags rows whose "
             "score is at or above a threshold chosen on validation to minimise expected cost "

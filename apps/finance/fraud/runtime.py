@@ -19,7 +19,7 @@ from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
 from deepapps.apps.finance.fraud.tables import Columns, split_frame
 from deepapps.core.data.tables import scan_table, table_schema
 from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import ClassificationEvaluation
+from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
 from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.io import atomic_write
 from deepapps.core.runtime.session import OnnxModel
@@ -180,7 +180,7 @@ class FraudServing(Serving):
         return Predictions(None, stats["bad"], stats["rows"], message)
 
     def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
-        """Metrics of the ONNX model on `split` of the data, split exactly as in fit."""
+        """Metrics of the ONNX model on `split` of the data, split exactly as in fit; `all`: every row."""
         contract = model.contract
         spec = FeatureSpec.from_meta(contract.preprocess)
         data = TabularDataConfig(**contract.train.data_config)
@@ -192,18 +192,23 @@ class FraudServing(Serving):
         if data.split == "random" and contract.schema_version < 2:
             print(f"warning: {model.path} was made by deepapps 0.1, whose random split differs; its {split} rows are "
                   "re-split by today's rule and may include rows it trained on", file=sys.stderr)
-        frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
-        if split not in frames:
-            raise DeepappsError(f"--split {split}: choose one of {sorted(frames)}")
-        part = frames[split]
+        if split == "all":
+            part = df
+        else:
+            frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
+            if split not in frames:
+                raise DeepappsError(f"--split {split}: choose all or one of {sorted(frames)}")
+            part = frames[split]
+        if part.height == 0:
+            raise DataError(f"{data_path}: the {split} split is empty (--split all scores every row)")
         y, _ = targets(part, spec.label, data_path, spec.positive)
         enc = encode(part, spec)
         if enc.bad.any():
             raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
         probs = score(model, enc)
         decision, threshold = contract.details.get("decision", {}), contract.classification.threshold
-        metrics = {"split": split, "data": data_path} | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
-                                                                        decision.get("top_k", 100))
+        metrics = evaluation_head(split, data_path, len(y)) | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
+                                                                              decision.get("top_k", 100))
         if threshold is not None:
             metrics["decision"] = decision_metrics(y, probs[:, 1], threshold, decision.get("cost_missed", 100.0),
                                                    decision.get("cost_review", 5.0))
