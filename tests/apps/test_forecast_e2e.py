@@ -68,6 +68,9 @@ def test_model_beats_seasonal_naive_on_known_seasonality(forecast_run):
     assert test["mse"] < 0.8 * naive["mse"], (test["mse"], naive["mse"])
     assert test["mase"] < naive["mase"]
     assert 0.5 < test["coverage"] < 0.95  # 0.1-0.9 interval, nominal 0.8
+    # the closed-form linear map sees a clean seasonal signal: it beats seasonal naive too
+    linear = test["baselines"]["linear_closed_form"]
+    assert linear["mse"] < naive["mse"] and "ridge" in linear["method"]
 
 
 def test_onnx_backtest_matches_torch(forecast_run):

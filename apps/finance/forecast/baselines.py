@@ -74,3 +74,40 @@ def ets(x: np.ndarray, horizon: int, season: int, params: np.ndarray) -> np.ndar
     damp = np.cumsum(phi[None, :] ** np.arange(1, horizon + 1)[:, None], axis=0)  # (H, C)
     season_idx = (L + np.arange(horizon)) % m  # (H,)
     return level[:, None] + damp[None] * trend[:, None] + seasons[:, season_idx]  # (N, H, C)
+
+
+def fit_linear_map(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3, max_rows: int = 50_000,
+                   seed: int = 0) -> np.ndarray:
+    """The closed-form linear baseline: one ridge least-squares map from a look-back to a horizon,
+    shared by every channel and applied to the window minus its last value (as NLinear does).
+
+    Args:
+        x: (N, L, C) raw training histories; y: (N, H, C) their raw actuals.
+        ridge: L2 penalty relative to the mean diagonal of XᵀX.
+        max_rows: at most this many (window, channel) rows, drawn at random, enter the solve.
+
+    Returns:
+        (L + 1, H): the weights, the last row being the intercept.
+    """
+    n, L, C = x.shape
+    last = x[:, -1:, :]
+    rows_x = np.transpose(x - last, (0, 2, 1)).reshape(n * C, L)  # (N*C, L)
+    rows_y = np.transpose(y - last, (0, 2, 1)).reshape(n * C, -1)  # (N*C, H)
+    scale = np.maximum(x.std(axis=1), 1e-8).reshape(n * C, 1)  # per (window, channel): scale-free map
+    if len(rows_x) > max_rows:
+        keep = np.random.default_rng(seed).choice(len(rows_x), max_rows, replace=False)
+        rows_x, rows_y, scale = rows_x[keep], rows_y[keep], scale[keep]
+    a = np.hstack([rows_x / scale, np.ones((len(rows_x), 1))])
+    gram = a.T @ a
+    gram[np.diag_indices(L)] += ridge * np.trace(gram[:L, :L]) / L
+    return np.linalg.solve(gram, a.T @ (rows_y / scale))
+
+
+def linear_map(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Forecasts (N, H, C) of the map `fit_linear_map` returned, for raw histories (N, L, C)."""
+    n, L, C = x.shape
+    last = x[:, -1:, :]
+    rows = np.transpose(x - last, (0, 2, 1)).reshape(n * C, L)
+    scale = np.maximum(x.std(axis=1), 1e-8).reshape(n * C, 1)
+    out = (np.hstack([rows / scale, np.ones((len(rows), 1))]) @ weights) * scale  # (N*C, H)
+    return np.transpose(out.reshape(n, C, -1), (0, 2, 1)) + last

@@ -116,6 +116,29 @@ class ForecastTraining(Training):
                         calibration, state.get("ets"))
         return Served(module, kind)
 
+    def artifacts(self, run: FitRun) -> dict:
+        """The closed-form linear baseline (ridge map from look-back to horizon, fitted on the
+        training windows) scored on the same test windows as the model, beside the other baselines."""
+        from deepapps.apps.finance.forecast import baselines
+        from deepapps.apps.finance.forecast.runtime import _mase_scale, point_metrics, split_windows
+        from deepapps.apps.finance.forecast.series import season_length
+        from deepapps.core.runtime.session import load_model
+
+        model, data = load_model(run.onnx_path, "cpu"), str(run.cfg.data.path)
+        train, test = split_windows(model, data, "train"), split_windows(model, data, "test")
+        if not len(train.x) or not len(test.x):
+            return {}
+        weights = baselines.fit_linear_map(train.x.astype(np.float64), train.y, seed=run.cfg.seed)
+        pred = baselines.linear_map(test.x.astype(np.float64), weights)
+        kind = model.contract.forecast
+        scale = _mase_scale(test.table, test.ranges, kind.season_length or season_length(test.table.freq))
+        linear = point_metrics(pred, test.y, test.mean, test.std, scale) | {
+            "method": "ridge least squares, look-back minus its last value -> horizon, shared by channels, "
+                      "fitted on the training windows"}
+        tested = dict(run.metrics["test"])
+        tested["baselines"] = {**tested.get("baselines", {}), "linear_closed_form": linear}
+        return {"test": tested}
+
     def report(self, run: FitRun) -> None:
         from deepapps.apps.finance.forecast.report import write_forecast_report  # matplotlib only when reporting
 
