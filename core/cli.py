@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(argv)
     except DeepappsError as exc:
-        print(f"deepapps: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"deepapps: error: {_display(_one_line(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print("deepapps: terminated" if isinstance(exc, Terminated) else "deepapps: interrupted", file=sys.stderr)
@@ -152,7 +152,8 @@ def config_parser(app: AppSpec, command: str, with_ckpt: bool = False, base_yaml
         parser.add_argument("--out", type=str | None, default=None, help="output file")
         parser.add_argument("--fp16", type=bool, default=False, help="also write a half-precision copy (GPU)")
         parser.add_argument("--int8", type=bool, default=False,
-                            help="also write a dynamic-int8 copy with its accuracy change measured (apps that support it)")
+                            help="also write <out>.int8.onnx (the app's int8 method: static QDQ for conv "
+                                 "networks, dynamic for transformers), refused beyond --int8_tolerance on validation")
     parser.add_class_arguments(app.load_config_class(), as_group=False)
     if command == "tune":
         from deepapps.core.tuning import TuneConfig
@@ -171,6 +172,9 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
         _check_yaml(path)
 
     saved = {}
+    if with_ckpt:  # a --ckpt URL: fetched into the local cache
+        argv = [_localize(arg) if prev == "--ckpt" else arg for prev, arg in zip(["", *argv], argv)]
+        argv = [f"--ckpt={_localize(arg[7:])}" if arg.startswith("--ckpt=") else arg for arg in argv]
     if with_ckpt and _option(argv, "--ckpt"):  # the checkpoint's config is the base
         from deepapps.core.training.checkpoints import config_values, read_checkpoint
 
@@ -203,18 +207,21 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
 
 def _fit(app: AppSpec, command: str, argv: list[str], search: dict | None = None) -> int:
     parser, namespace, cfg, values = parse_config(app, command, argv)
+    run_url = _remote_fit_paths(cfg)
     _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
     from deepapps.core.training.fit import fit
 
     yaml = parser.dump(namespace, skip_none=False)
     run_dir = fit(app, cfg, values, _strip_config_keys(yaml), search=search)
-    print(run_dir)
+    print(_upload_run(run_dir, run_url))
     return 0
 
 
 def _tune(app: AppSpec, command: str, argv: list[str]) -> int:
     """The fit config parsed as `fit` parses it, plus --tune.*; with --tune.refit, `fit` of best.yaml."""
     _, namespace, cfg, values = parse_config(app, command, argv)
+    if _remote_fit_paths(cfg, run_dir=False):
+        raise ConfigError(f"--run_dir {cfg.run_dir}: tune writes its study to a local folder; give a local --run_dir")
     _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
     from deepapps.core.config import from_dict
     from deepapps.core.tuning import TuneConfig, tune
@@ -232,6 +239,7 @@ def _tune(app: AppSpec, command: str, argv: list[str]) -> int:
 
 def _stage(app: AppSpec, command: str, argv: list[str]) -> int:
     _, namespace, cfg, _ = parse_config(app, command, argv, with_ckpt=True)
+    _remote_fit_paths(cfg, run_dir=False)
     from deepapps.core.training.fit import run_stage
 
     print(json.dumps(run_stage(app, Path(namespace.ckpt), cfg, command), indent=2))
@@ -242,8 +250,24 @@ def _export(app: AppSpec, command: str, argv: list[str]) -> int:
     _, namespace, cfg, values = parse_config(app, command, argv, with_ckpt=True)
     from deepapps.core.training.fit import export_checkpoint
 
-    out = Path(namespace.out) if namespace.out else Path(namespace.ckpt).with_suffix(".onnx")
-    print(export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16, namespace.int8))
+    from deepapps.core.runtime import remote
+
+    url = str(namespace.out).rstrip("/") if namespace.out and remote.is_remote(namespace.out) else None
+    if url:  # written in a local staging folder, then every file made there is uploaded beside `url`
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix="deepapps-export-")) / url.rsplit("/", 1)[-1]
+    else:
+        out = Path(namespace.out) if namespace.out else Path(namespace.ckpt).with_suffix(".onnx")
+    written = export_checkpoint(app, Path(namespace.ckpt), cfg, values, out, namespace.fp16, namespace.int8)
+    if url:
+        import shutil
+
+        for file in sorted(p for p in out.parent.iterdir() if p.is_file()):
+            remote.upload_file(file, f"{url.rsplit('/', 1)[0]}/{file.name}")
+        shutil.rmtree(out.parent, ignore_errors=True)
+        written = url
+    print(written)
     return 0
 
 
@@ -268,6 +292,10 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
                         help="auto (default: test on the data the model was fit on, all on other data), "
                              "all (every item), or train, val or test as fit split the data")
     parser.add_argument("--out", help="also write the metrics to this JSON file")
+    parser.add_argument("--group-columns", "--group_columns", dest="group_columns", default=None,
+                        help="sensitive attributes of the data, e.g. sex,race: fairness by group (per group n, base "
+                             "and selection rate, TPR, FPR, precision, AUROC; demographic-parity and equalized-odds "
+                             "differences) in the metrics' `fairness` (binary models)")
     args = parser.parse_args(argv)
     if args.out and any(same_file(args.out, path) for path in (args.model, args.data_path) if path):
         raise ConfigError(f"--out {args.out}: is one of the inputs; it would be overwritten")
@@ -278,11 +306,23 @@ def _evaluate(app: AppSpec, command: str, argv: list[str]) -> int:
     data_path = args.data_path or model.contract.train.data_config.get("path")
     if not data_path:
         raise ConfigError("--data.path is required (the model does not name its training data)")
+    data_path = _localize(data_path)  # a URL: fetched into the local cache (file or folder)
     split, chosen = choose_split(model, data_path, args.split)
     if chosen != "given":
         print(f"deepapps: auto: --split {split}: {chosen.removeprefix('auto: ')}", file=sys.stderr)
-    metrics = with_choice(app.load_serving().evaluate(model, data_path, split).metrics, chosen)
+    serving = app.load_serving()
+    group_columns = parse_columns(args.group_columns, "--group-columns") if args.group_columns else None
+    groups = serving.group_values(model, data_path, split, group_columns) if group_columns else None
+    evaluation = serving.evaluate(model, data_path, split)
+    metrics = with_choice(evaluation.metrics, chosen)
+    if groups is not None:
+        from deepapps.core.fairness import evaluation_fairness
+
+        metrics["fairness"] = evaluation_fairness(evaluation, model.contract.classification, groups)
     text = json.dumps(metrics, indent=2)
+    if _display(text) != text:  # data fetched from a URL: named by the URL, not the cache path
+        text = _display(text)
+        metrics = json.loads(text)
     if args.out:
         write_json(args.out, metrics)
     print(text)
@@ -310,9 +350,17 @@ def _predict(app: AppSpec, command: str, argv: list[str]) -> int:
         raise ConfigError(f"--out {args.out}: is one of the inputs; it would be overwritten")
     model = load_model(args.model, args.provider, app=app.name, session_config=serving.session_config)
     if args.engine == "spark":
+        args.model = str(model.path)  # a remote model: its cached copy (Spark reads the data's URL itself)
         return _predict_spark(args)
     say_provider(model)
+    args.inputs = [_localize(path) for path in args.inputs]  # URLs: fetched into the local cache
     result = serving.predict(model, args)  # a table, or None when the app wrote args.out itself
+    if result.table is not None:
+        from deepapps.core.runtime.remote import display_frame
+
+        result.table = display_frame(result.table)  # cache paths in `source`/`path` named by their URLs
+    if result.message:
+        result.message = _display(result.message)
     if result.table is not None and args.out:
         write_table(args.out, result.table)
         print(f"wrote {result.rows} rows to {args.out}", file=sys.stderr)
@@ -340,15 +388,72 @@ def _predict_spark(args: argparse.Namespace) -> int:
     return 0
 
 
-def explain_parser(app: str, description: str, out_help: str, out_default: str) -> OneLineParser:
-    """The options every `deepapps <app> explain` shares: --ckpt and --out (the app adds its inputs)."""
-    parser = OneLineParser(prog=f"deepapps {app} explain", description=description, allow_abbrev=False)
-    parser.add_argument("--ckpt", required=True, help=f"Lightning checkpoint (.ckpt) of a {app} fit")
-    parser.add_argument("--out", default=out_default, help=f"{out_help} (default: {out_default})")
-    return parser
-
-
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _localize(path: str) -> str:
+    """A local path for a path or URL (s3://, gs://, az://, hdfs://, https://: fetched into the cache)."""
+    from deepapps.core.runtime.remote import localize
+
+    return localize(path)
+
+
+def _display(text: str) -> str:
+    """`text` with the cache paths of fetched URLs written back as the URLs."""
+    from deepapps.core.runtime.remote import display
+
+    return display(text)
+
+
+def _remote_fit_paths(cfg, run_dir: bool = True) -> bool:
+    """Fit from and into URLs: a remote `--data.path` is fetched into the local cache (a file or a
+    folder); with `run_dir`, a remote `--run_dir` is swapped for a local staging folder that
+    `_upload_run` uploads when the fit ends. Returns whether `--run_dir` is remote (its URL is kept
+    in `cfg._run_url`)."""
+    from deepapps.core.runtime import remote
+
+    data = getattr(cfg, "data", None)
+    if data is not None and remote.is_remote(getattr(data, "path", None)):
+        data.path = remote.localize(data.path)
+    if not remote.is_remote(cfg.run_dir):
+        return False
+    if not run_dir:
+        return True
+    if cfg.resume:
+        raise ConfigError(f"--run_dir {cfg.run_dir}: --resume needs the run in a local folder; download it first")
+    import tempfile
+
+    url = str(cfg.run_dir).rstrip("/")
+    cfg.run_dir = str(Path(tempfile.mkdtemp(prefix="deepapps-run-")) / url.rsplit("/", 1)[-1])
+    _REMOTE_RUNS[cfg.run_dir] = url
+    return True
+
+
+_REMOTE_RUNS: dict[str, str] = {}  # local staging folder -> the --run_dir URL it is uploaded to
+
+
+def _upload_run(run_dir: Path, run_url: bool) -> str:
+    """The run folder to print: itself, or (remote --run_dir) the URL its files were uploaded to.
+    The staging folder is removed once every file is uploaded (kept when an upload fails)."""
+    url = _REMOTE_RUNS.pop(str(run_dir), None) if run_url else None
+    if url is None:
+        return str(run_dir)
+    import shutil
+
+    from deepapps.core.runtime.remote import upload_tree
+
+    upload_tree(run_dir, url)
+    shutil.rmtree(Path(run_dir).parent, ignore_errors=True)
+    return url
+
+
+def parse_columns(text: str, option: str) -> list[str]:
+    """`a,b` or `[a, b]` -> ["a", "b"]; ConfigError when no name is left."""
+    names = [name.strip().strip("'\"") for name in text.strip().strip("[]").split(",")]
+    names = [name for name in names if name]
+    if not names:
+        raise ConfigError(f"{option} {text!r}: give column names, e.g. sex,race")
+    return names
 
 
 def _setup_logging() -> None:

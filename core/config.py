@@ -17,8 +17,10 @@ class ImageDataConfig:
     path: str = "builtin:digits"
     """Image folder (one subfolder per class, optionally under train/val/test), a CSV/Parquet
     manifest (path,label), a MedMNIST-style .npz, or `builtin:digits` (scikit-learn's digits)."""
-    image_size: int | None = None
-    """Square input size in pixels; None takes the backbone's pretrained size."""
+    image_size: int | str | None = None
+    """Square input size in pixels; None takes the backbone's pretrained size; `auto` chooses from
+    the data (pretrained size for photos, 2x the median side, at least 64, for small images;
+    core/training/auto.py)."""
     crop_pct: float | None = None
     """Centre-crop share at evaluation (resize the shorter side to size / crop_pct, crop size);
     None takes the backbone's, 1.0 keeps the whole image."""
@@ -28,14 +30,16 @@ class ImageDataConfig:
     """Share held out for testing when the data has neither a test nor a val split."""
     split_seed: int = 0
     """Seed of the stratified split, so fit and evaluate see the same test set."""
-    batch_size: int = 32
-    """Images per training step."""
+    batch_size: int | str = 32
+    """Images per training step; `auto` (image apps): from the data size (>= 25 steps per epoch,
+    16 to 64) and the free memory."""
     num_workers: int | None = None
     """DataLoader workers; None picks min(8, CPU cores - 1)."""
     augment: bool = True
     """Augment training images (random resized crop, flip, rotation, colour jitter)."""
-    hflip: float = 0.5
-    """Probability of a horizontal flip when augmenting."""
+    hflip: float | str = 0.5
+    """Probability of a horizontal flip when augmenting; `auto`: 0.5 for colour photos, 0 for
+    digits, grey or small images and medical images (orientation can carry the label)."""
     rotation: float = 10.0
     """Maximum rotation in degrees when augmenting."""
     color_jitter: float = 0.2
@@ -59,8 +63,9 @@ class ModelConfig:
     path, or null for random initialisation."""
     drop_rate: float = 0.2
     """Dropout before the classification head."""
-    freeze_epochs: int = 0
-    """Train only the head for this many epochs, then unfreeze the backbone at a lower rate."""
+    freeze_epochs: int | str = 0
+    """Train only the head for this many epochs, then unfreeze the backbone at a lower rate;
+    `auto` (image apps): 2 below 1,000 training images, 1 below 10,000, else 0."""
     unfreeze_lr_ratio: float = 0.1
     """Backbone learning rate at unfreezing, as a share of the head's."""
 
@@ -69,8 +74,9 @@ class ModelConfig:
 class OptimConfig:
     """Loss, optimizer and schedule."""
 
-    lr: float = 1e-3
-    """Peak learning rate of AdamW."""
+    lr: float | str = 1e-3
+    """Peak learning rate of AdamW; `auto` (image apps): the backbone family's rate at batch 32
+    (EfficientNet/MobileNet 2e-3, ResNet 1e-3, ViT/ConvNeXt 2e-4) x sqrt(batch / 32)."""
     weight_decay: float = 0.05
     """AdamW weight decay."""
     schedule: str = "cosine"
@@ -87,8 +93,9 @@ class OptimConfig:
 class TrainerConfig:
     """Lightning Trainer settings (see the Lightning docs for the meaning of each)."""
 
-    max_epochs: int = 10
-    """Epochs to train at most."""
+    max_epochs: int | str = 10
+    """Epochs to train at most; `auto` (image apps): 12 below 1,000 training images, 5 below
+    10,000, 4 below 50,000, else 3."""
     accelerator: str = "auto"
     """`auto`, `cpu`, `gpu`/`cuda` or `mps`."""
     devices: str | int = "auto"
@@ -100,7 +107,8 @@ class TrainerConfig:
     patience: int = 5
     """Early stopping: epochs without improvement of the monitored metric."""
     monitor: str = "val/macro_f1"
-    """Metric used for the best checkpoint and early stopping."""
+    """Metric used for the best checkpoint and early stopping; `auto` (image apps): healthcare
+    val/auroc for binary and multi-label sets, val/accuracy for more classes; vision val/macro_f1."""
     monitor_mode: str = "max"
     """`max` or `min`: whether a larger monitored metric is better."""
     limit_train_batches: float | int = 1.0
@@ -116,6 +124,23 @@ class TrainerConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differentially private training: DP-SGD through Opacus (Poisson sampling, per-sample
+    gradient clipping, Gaussian noise; core/training/privacy.py)."""
+
+    epsilon: float | None = None
+    """Privacy budget epsilon of the whole training (the noise is calibrated to spend it over
+    max_epochs); null trains without differential privacy."""
+    delta: float | None = None
+    """delta of (epsilon, delta)-DP, below 1/n for n training rows; null takes 0.1/n."""
+    max_grad_norm: float = 1.0
+    """Per-sample gradient clipping norm."""
+    fine_tune: str = "auto"
+    """What trains privately: `head` (the rest frozen, in eval mode), `all`, or `auto` (the head
+    for a pretrained backbone, everything for a random initialisation)."""
+
+
+@dataclass
 class ImageFitConfig:
     """Fine-tune an image classifier, export it to ONNX and evaluate the exported file."""
 
@@ -123,6 +148,7 @@ class ImageFitConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     run_dir: str | None = None
     """Output folder; None makes runs/<app>/<timestamp>."""
     resume: bool = False
@@ -131,6 +157,12 @@ class ImageFitConfig:
     """Global seed (weights init, augmentation, data order)."""
     export_fp16: bool = False
     """Also write model.fp16.onnx for GPU serving."""
+    export_int8: bool = False
+    """Also write model.int8.onnx (static int8: QDQ, calibrated on validation images), scored against model.onnx on the validation
+    split; refused (not written) when it loses more than int8_tolerance."""
+    int8_tolerance: float = 1.0
+    """Largest loss of the monitored metric (trainer.monitor) the int8 copy may show on the
+    validation split, in points (hundredths: 1.0 = 0.01)."""
 
 
 def from_dict(cls: type, values: dict):
@@ -150,7 +182,7 @@ AT_LEAST = {
     "num_workers": 0, "freeze_epochs": 0, "max_length": 2, "image_size": 8, "look_back": 2, "horizon": 1,
     "max_train_rows": 1, "synth_rows": 10, "gan_steps": 1, "width": 1, "hidden_size": 1, "top_k": 1,
 }
-POSITIVE = ("lr",)
+POSITIVE = ("lr", "epsilon", "delta", "max_grad_norm")
 SHARES = ("val_fraction", "test_fraction", "warmup_fraction", "drop_rate", "dropout", "label_smoothing")
 
 

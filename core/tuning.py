@@ -597,6 +597,9 @@ def tune(app: AppSpec, cfg, config: dict, options: TuneConfig) -> Search:
     path = str(cfg.data.path)
     if not path.startswith("builtin:") and not Path(path).exists():
         raise DataError(f"--data.path {path}: no such file or folder")
+    from deepapps.core.training.auto import resolve_before_search
+
+    resolve_before_search(app, cfg, config)  # `auto` fields chosen from the data once, for every trial
 
     import optuna
 

@@ -14,7 +14,7 @@ APP = AppSpec(
     training="deepapps.apps.healthcare.training:HealthcareTraining",
     serving="deepapps.apps.healthcare.runtime:HealthcareServing",
     commands=(
-        AppCommand("explain", "Grad-CAM heatmaps over input images from a checkpoint (torch)",
+        AppCommand("explain", "attributions from a checkpoint (Captum): image maps (Grad-CAM, IG, occlusion), ECG shading",
                    "deepapps.apps.healthcare.explain:main"),
     ),
 )

@@ -1,152 +1,156 @@
-"""`deepapps healthcare explain --ckpt FILE INPUT...`: Grad-CAM heatmaps over the inputs (PNG).
+"""`deepapps healthcare explain (--ckpt FILE | --model FILE.onnx) INPUT... --out DIR`: attributions by Captum.
 
-Grad-CAM (Selvaraju et al. 2017): the activations A (C, h, w) of a convolutional stage are
-weighted by the spatial mean of d(class logit)/dA per channel, summed over channels and
-rectified; the map is scaled to [0, 1], resized to the image and overlaid on it. The default
-stage is the backbone's last (timm's `feature_info[-1]`, e.g. `blocks.6` of EfficientNet,
-`layer4` of a ResNet); `--layer` picks another module by name.
+Image models: the image family's methods (core.training.image_explain: Grad-CAM by default,
+guided Grad-CAM, integrated gradients, occlusion) over PNG/JPEG/DICOM files, folders and
+`FILE.npz[:split]`, with the DICOM window the model was trained with.
+
+ECG (signal) models: integrated gradients of the explained class's logit from an all-zero signal
+(stated in the manifest). A z-normalising front end (the default) makes every scaled copy of a
+signal the same input, so the straight path from zero would jump at its start: the integral is
+then taken over the front end's output (layer integrated gradients), where the zero signal is a
+flat line. Per signal a PNG of the trace shaded by attribution (red pushes toward
+the class, blue away) and a CSV `sample,value,attribution`.
 """
 
 from __future__ import annotations
 
-import re
-import sys
+import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import polars as pl
+import torch
 
-from deepapps.core.cli import explain_parser
 from deepapps.core.errors import ConfigError, DataError
 from deepapps.core.registry import AppSpec
-from deepapps.core.runtime.io import atomic_write
+from deepapps.core.training.explain import (
+    Explained,
+    Explainer,
+    ExplainSession,
+    decide,
+    explained_index,
+    run_explain,
+    safe_stem,
+)
+from deepapps.core.training.image_explain import (
+    IMAGE_METHODS,
+    ImageItem,
+    add_image_arguments,
+    explain_images,
+)
+
+SIGNAL_METHODS = {"integrated_gradients": "Captum (layer) IntegratedGradients over the samples, from an all-zero signal"}
 
 
-def parser():
-    p = explain_parser("healthcare", "Grad-CAM heatmaps overlaid on each input, from a checkpoint (torch)",
-                       "output folder for the PNG files", "gradcam")
-    p.add_argument("inputs", nargs="+", help="PNG/JPEG/DICOM files, folders, FILE.npz[:split]")
-    p.add_argument("--class", dest="target", default=None, help="class to explain (default: the predicted one)")
-    p.add_argument("--layer", default=None, help="module of the backbone to explain (default: its last stage)")
-    p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity over the image")
-    p.add_argument("--display-size", "--display_size", dest="display_size", type=int, default=256,
-                   help="side of the written PNG in pixels")
-    return p
+def methods(shipped) -> dict[str, str]:
+    return SIGNAL_METHODS if shipped.cfg.task == "signal" else IMAGE_METHODS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_image_arguments(parser)
+    parser.set_defaults(steps=None)  # images 32, ECG signals 128 (cheap at one dimension)
+    parser.add_argument("--rows", type=int, default=20, help="ECG: explain the first N signals of each file (default 20)")
+
+
+def explain(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
+    if session.shipped.cfg.task == "signal":
+        return explain_signals(session, inputs)
+    session.args.steps = 32 if session.args.steps is None else session.args.steps
+    from deepapps.apps.healthcare.data import list_inputs
+    from deepapps.apps.healthcare.dicom import open_medical_image
+    from deepapps.core.runtime.images import ImageSpec
+
+    cfg = session.shipped.cfg
+    channels = ImageSpec.from_meta(session.shipped.built.preprocess).channels
+    reader = lambda path: open_medical_image(path, channels, cfg.data.window_center, cfg.data.window_width)
+    items = [ImageItem(item.name, item.load, item.error) for item in list_inputs(inputs, reader)]
+    return explain_images(session, items)
+
+
+def explain_signals(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
+    """Integrated gradients of each ECG signal (the first --rows rows of each input)."""
+    from captum.attr import IntegratedGradients
+
+    from deepapps.apps.healthcare.signals import read_signal_rows
+
+    args, shipped = session.args, session.shipped
+    args.steps = 128 if args.steps is None else args.steps
+    if args.rows < 1 or args.steps < 1:
+        raise ConfigError("--rows and --steps must be at least 1")
+    length = int(shipped.built.preprocess["length"])
+    label_column = shipped.built.preprocess.get("label_column") or "label"
+    net, served = shipped.module.net.eval(), shipped.served.module
+    decide_label, labels = decide(shipped.served.kind), session.labels
+    front = getattr(net, "front_end", None)
+    on_front = front is not None and getattr(front, "normalize", False)
+    if on_front:
+        # a z-normalising front end maps every scaled copy of a signal to the same input, so a path
+        # from the zero signal jumps at its start; integrate over the front end's output instead,
+        # from the flat line the zero signal becomes there
+        from captum.attr import LayerIntegratedGradients
+
+        ig = LayerIntegratedGradients(net, front)
+        session.baseline = ("all-zero signal, attributed at the front end's output (filtered, z-normalised "
+                            "samples: the zero signal is a flat line there)")
+    else:
+        ig = IntegratedGradients(net)
+        session.baseline = "all-zero signal"
+    index = 0
+    for path in inputs:
+        try:
+            rows = read_signal_rows(str(path), label_column, None, length)[:args.rows]
+        except DataError as exc:
+            yield Explained(str(path), error=str(exc))
+            continue
+        for row in rows:
+            name = f"{row.path}[{row.row}]"
+            if row.error:
+                yield Explained(name, error=row.error)
+                continue
+            x = torch.from_numpy(np.ascontiguousarray(row.samples, np.float32))[None]  # (1, L)
+            with torch.no_grad():
+                probs = served(x)
+            label = decide_label(probs[0].numpy())
+            k = session.target_index(explained_index(labels, label, probs[0].numpy()))
+            with torch.enable_grad():
+                attr, delta = ig.attribute(x.clone().requires_grad_(True), baselines=torch.zeros_like(x), target=k,
+                                           n_steps=args.steps, internal_batch_size=64,
+                                           return_convergence_delta=True)
+            a = attr[0].detach().numpy()
+            if len(a) != length:  # a resampling front end: back onto the input's samples
+                a = np.interp(np.linspace(0, len(a) - 1, length), np.arange(len(a)), a) * len(a) / length
+            stem = f"{safe_stem(index, Path(row.path).name)}_r{row.row}_integrated_gradients"
+            index += 1
+            table = pl.DataFrame({"sample": np.arange(length), "value": row.samples.astype(np.float32),
+                                  "attribution": a.astype(np.float32)})
+            files = [session.write_png(f"{stem}.png", signal_figure(row.samples, a, f"{name}: {labels[k]}")),
+                     session.write_csv(f"{stem}.csv", table)]
+            yield Explained(name, label, labels[k], files, float(delta.abs().max()),
+                            session.agrees_with_onnx((x,), probs, decide_label))
+
+
+def signal_figure(samples: np.ndarray, attribution: np.ndarray, title: str):
+    """The trace with each sample's attribution as a red (toward the class) / blue (away) band behind it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 3))
+    peak = float(np.abs(attribution).max()) or 1.0
+    t = np.arange(len(samples))
+    low, high = float(samples.min()), float(samples.max())
+    ax.imshow(attribution[None] / peak, aspect="auto", cmap="bwr", vmin=-1, vmax=1, alpha=0.6,
+              extent=(-0.5, len(samples) - 0.5, low, high if high > low else low + 1))
+    ax.plot(t, samples, color="black", linewidth=1)
+    ax.set_xlabel("sample")
+    ax.set_title(f"integrated gradients ({title}); red: toward the class, blue: away", fontsize=9)
+    return fig
 
 
 def main(app: AppSpec, argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    import torch
-
-    from deepapps.apps.healthcare.data import list_inputs
-    from deepapps.apps.healthcare.dicom import open_medical_image
-    from deepapps.apps.healthcare.runtime import decide_label
-    from deepapps.core.runtime.images import to_model_input
-    from deepapps.core.training.checkpoints import shipped_model
-
-    ckpt = Path(args.ckpt)
-    shipped = shipped_model(app, ckpt)
-    cfg, built = shipped.cfg, shipped.built
-    if cfg.task != "image":
-        raise ConfigError(f"--ckpt {ckpt}: an ECG signal model; Grad-CAM here explains image models only")
-    net, labels, spec = shipped.module.net.eval(), built.labels, _spec(built)
-    decide = decide_label(shipped.served.kind, shipped.served.kind.threshold)
-    served = shipped.served.module  # as exported: TTA and temperature included
-    if args.target is not None and args.target not in labels:
-        raise ConfigError(f"--class {args.target}: not one of the labels {labels}")
-    layer_name, layer = target_layer(net.backbone, args.layer)
-    reader = lambda path: open_medical_image(path, spec.channels, cfg.data.window_center, cfg.data.window_width)  # noqa: E731
-    items = list_inputs(args.inputs, reader)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print("path,label,probability,explained,heatmap,error")
-    failures = 0
-    for i, item in enumerate(items):
-        try:
-            if item.error:
-                raise DataError(item.error)
-            pixels = to_model_input(item.load(), spec)  # (H, W, C) uint8, as predict feeds the model
-        except DataError as exc:
-            failures += 1
-            print(f"error: {exc}", file=sys.stderr)
-            print(f"{_csv(item.name)},,,,,{_csv(str(exc))}")
-            continue
-        x = torch.from_numpy(pixels)[None]  # (1, H, W, C)
-        with torch.no_grad():
-            probs = served(x)[0].numpy()
-        label = decide(probs)
-        k = labels.index(args.target or (label if label in labels else labels[int(np.argmax(probs))]))
-        cam = grad_cam(net, layer, x, k)
-        if i == 0 and min(cam.shape) < 4:
-            print(f"note: {layer_name} gives a {cam.shape[0]}x{cam.shape[1]} map at {spec.size} px; "
-                  "--layer with an earlier stage gives a finer one", file=sys.stderr)
-        stem = re.sub(r"\.(png|jpe?g|dcm|dicom|bmp|tiff?|webp)$", "", Path(item.name).name, flags=re.I)
-        path = out / f"{i:04d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem)}_gradcam.png"
-        image = overlay(pixels, cam, args.alpha, args.display_size)
-        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-        print(f"{_csv(item.name)},{_csv(label)},{probs[k]:.6f},{_csv(labels[k])},{path},")
-    print(f"explained {len(items) - failures} of {len(items)} inputs with Grad-CAM on {layer_name}; PNGs in {out}",
-          file=sys.stderr)
-    return 2 if failures == len(items) else 0
-
-
-def target_layer(backbone, name: str | None):
-    """(name, module): `name`, else the last feature stage timm reports, else the last Conv2d."""
-    from torch import nn
-
-    modules = dict(backbone.named_modules())
-    if name is not None:
-        if name not in modules:
-            stages = [m["module"] for m in getattr(backbone, "feature_info", [])]
-            raise ConfigError(f"--layer {name}: no such module in the backbone (its stages: {', '.join(stages)})")
-        return name, modules[name]
-    info = getattr(backbone, "feature_info", None)
-    if info and info[-1].get("module") in modules:
-        return info[-1]["module"], modules[info[-1]["module"]]
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ConfigError("the backbone has no convolution: Grad-CAM needs a CNN (pass --layer)")
-    return convs[-1], modules[convs[-1]]
-
-
-def grad_cam(net, layer, pixels, k: int):
-    """Grad-CAM (h, w) in [0, 1] of class `k` at `layer` for one uint8 NHWC image (1, H, W, C)."""
-    import torch
-
-    store = {}
-
-    def hook(module, inputs, output):
-        store["activation"] = output
-        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            logits = net(pixels)  # (1, K)
-            net.zero_grad(set_to_none=True)
-            logits[0, k].backward()
-    finally:
-        handle.remove()
-    activation, gradient = store["activation"][0].detach(), store["gradient"][0]  # (C, h, w)
-    cam = torch.relu((gradient.mean(dim=(1, 2))[:, None, None] * activation).sum(0))  # (h, w)
-    return (cam / cam.max() if cam.max() > 0 else cam).numpy()
-
-
-def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float, size: int) -> Image.Image:
-    """The image (grey or RGB) with the jet-coloured heatmap blended over it, `size` px square."""
-    from matplotlib import colormaps
-
-    base = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB").resize((size, size), Image.BICUBIC)
-    heat = Image.fromarray((cam * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-    coloured = (colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255).astype(np.uint8)
-    return Image.blend(base, Image.fromarray(coloured), alpha)
-
-
-def _spec(built):
-    from deepapps.core.runtime.images import ImageSpec
-
-    return ImageSpec.from_meta(built.preprocess)
-
-
-def _csv(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    explainer = Explainer("attributions from a healthcare checkpoint (Captum): image maps or ECG sample shading",
+                          "images (PNG/JPEG/DICOM files, folders, FILE.npz[:split]) or ECG signal files (UCR .txt, "
+                          "CSV/Parquet)", methods, explain, add_arguments, (*IMAGE_METHODS, "ECG: integrated_gradients"))
+    return run_explain(app, argv, explainer)

@@ -24,8 +24,9 @@ from deepapps.core.contract import Classification
 from deepapps.core.errors import ConfigError
 from deepapps.core.metrics import calibration_metrics
 from deepapps.core.training.image_data import ImageDataModule
-from deepapps.core.training.image_family import build_image_classifier
+from deepapps.core.training.image_family import IMAGE_INT8, build_image_classifier
 from deepapps.core.training.interface import Built, FitRun, PostFit, Saved, Served, Training
+from deepapps.core.training.quantize import STATIC, Int8Method
 
 log = logging.getLogger("deepapps.healthcare")
 
@@ -128,18 +129,22 @@ class HealthcareTraining(Training):
         if cfg.task not in (*TASKS, AUTO):
             raise ConfigError(f"--task {cfg.task}: choose {', '.join(TASKS)}, {AUTO}")
         task_note = resolve_task(cfg, saved)
-        if clinical.imbalance not in IMBALANCE:
-            raise ConfigError(f"--clinical.imbalance {clinical.imbalance}: choose {', '.join(IMBALANCE)}")
+        if clinical.imbalance not in (*IMBALANCE, AUTO):
+            raise ConfigError(f"--clinical.imbalance {clinical.imbalance}: choose {', '.join(IMBALANCE)}, {AUTO}")
         if clinical.channels not in (1, 3):
             raise ConfigError(f"--clinical.channels {clinical.channels}: choose 1 (grey) or 3 (RGB)")
         check_rule(clinical.threshold)
         if cfg.task == "signal":
             from deepapps.apps.healthcare.signal_training import build_signal_classifier
 
+            choices = resolve_signal_auto(cfg)
             built = build_signal_classifier(cfg, saved, with_data, clinical.imbalance)
+            built.auto_choices = [c.to_dict() for c in choices]
         else:
             datamodule = partial(MedicalDataModule, imbalance=clinical.imbalance, seed=cfg.seed)
-            built = build_image_classifier(cfg, saved, with_data, clinical.channels, datamodule)
+            built = build_image_classifier(cfg, saved, with_data, clinical.channels, datamodule, medical=True)
+            if built.datamodule is not None:  # `auto` resolved from the data while building
+                built.datamodule.imbalance = clinical.imbalance
             built.preprocess = built.preprocess | {
                 "tta": "mean of the logits of the image and its horizontal mirror (in the graph)"
                 if clinical.tta_flip else None,
@@ -169,11 +174,42 @@ class HealthcareTraining(Training):
         head = ClinicalHead(built.net, built.multilabel, temperature, bool(clinical.get("tta_flip", False)))
         return Served(head, kind, {"clinical": clinical} if clinical else {})
 
+    def int8_method(self, cfg: HealthcareFitConfig) -> Int8Method:
+        """Static QDQ for both tasks: conv image backbones and the 1-D conv ECG networks, calibrated
+        on validation images or signals."""
+        if cfg.task == "signal":
+            return Int8Method(STATIC, "1-D conv ECG network: static QDQ int8 calibrated on validation signals",
+                              calibration=IMAGE_INT8.calibration)
+        return IMAGE_INT8
+
     def report(self, run: FitRun) -> None:
         """The healthcare model card and plots (matplotlib is imported only when a run reports)."""
         from deepapps.apps.healthcare.report import write_healthcare_report
 
         write_healthcare_report(run)
+
+
+# `task: signal` with fields left at `auto` (default.yaml is the base of every fit): the values the
+# default.yaml of deepapps 0.2 gave them, so `fit --data.path ECG.txt` trains as before;
+# configs/ecg.yaml holds the recipe made for ECG.
+SIGNAL_AUTO = {"data.image_size": None, "data.hflip": 0.0, "data.batch_size": 64, "trainer.max_epochs": 5,
+               "model.freeze_epochs": 0, "optim.lr": 0.002, "trainer.monitor": "val/auroc", "clinical.imbalance": "loss"}
+
+
+def resolve_signal_auto(cfg: HealthcareFitConfig) -> list:
+    """Resolve the `auto` fields of a signal fit to SIGNAL_AUTO (printed once; returns the choices)."""
+    from deepapps.core.training.auto import Choice, announce, check_resolved, is_auto
+
+    choices = []
+    for dotted, value in SIGNAL_AUTO.items():
+        section, name = dotted.split(".")
+        if is_auto(getattr(getattr(cfg, section), name)):
+            setattr(getattr(cfg, section), name, value)
+            choices.append(Choice(dotted, value, "signal task: the fixed defaults of deepapps 0.2 "
+                                                 "(configs/ecg.yaml holds the ECG recipe)"))
+    announce(choices)
+    check_resolved(cfg)
+    return choices
 
 
 def resolve_task(cfg: HealthcareFitConfig, saved: Saved | None = None) -> str | None:

@@ -15,7 +15,7 @@ APP = AppSpec(
     commands=(
         AppCommand("quantize", "dynamic int8 copy of an nlp ONNX model, with its accuracy change measured",
                    "deepapps.apps.nlp.quantize:main"),
-        AppCommand("explain", "per-token attributions of a checkpoint (integrated gradients or gradient x input): terminal + HTML",
+        AppCommand("explain", "per-token attributions from a checkpoint (Captum layer integrated gradients): HTML + JSON",
                    "deepapps.apps.nlp.explain:main"),
     ),
 )

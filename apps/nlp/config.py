@@ -97,4 +97,10 @@ class NlpFitConfig:
     export_fp16: bool = False
     """Also write model.fp16.onnx for GPU serving."""
     export_int8: bool = True
-    """Also write model.int8.onnx (dynamic int8 quantization) and measure its accuracy change."""
+    """Also write model.int8.onnx (dynamic int8 quantization), scored against model.onnx on the
+    validation split; refused (not written) when it loses more than int8_tolerance."""
+    int8_tolerance: float = 1.0
+    """Largest loss of the monitored metric (trainer.monitor) the int8 copy may show on the
+    validation split, in points (hundredths: 1.0 = 0.01)."""
+    baselines: bool = True
+    """Also fit TF-IDF + logistic regression on the same split and report it beside the model."""

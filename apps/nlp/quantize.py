@@ -1,19 +1,18 @@
 """Dynamic int8 quantization (onnxruntime.quantization) with the accuracy change measured.
 
 `deepapps nlp quantize --model model.onnx [--out model.int8.onnx] [--data.path FILE] [--split test]`
-runs without torch; `fit` calls `quantize_and_measure` when `export_int8` is on.
+runs without torch on any nlp model file; `fit --export_int8` and `export --int8` use the core's
+(core.training.quantize: the same dynamic method, scored on the validation split).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from deepapps.core.contract import copy_with_metadata, read_metadata
 from deepapps.core.runtime.io import atomic_write, write_json
@@ -22,21 +21,15 @@ log = logging.getLogger("deepapps.nlp")
 
 
 def quantize(src: Path, out: Path) -> Path:
-    """int8 weights for MatMul/Gemm (activations quantized on the fly); metadata kept."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """int8 weights for MatMul/Gemm (activations quantized on the fly); metadata kept
+    (core.training.quantize, the method `fit --export_int8` uses for nlp)."""
+    from deepapps.core.training.quantize import DYNAMIC, Int8Method, quantize_proto
 
     src, out = Path(src), Path(out)
     original = read_metadata(src)
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "model.int8.onnx"
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # quantize_dynamic logs every skipped node at INFO, advice at WARNING
-        try:
-            quantize_dynamic(src, staged, weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            root.setLevel(level)
-        proto = onnx.load(str(staged))
-    precision = {"precision": "int8 (dynamic, per-channel weights)"}
+    method = Int8Method(DYNAMIC, "nlp quantize")
+    proto = quantize_proto(src, method)
+    precision = {"precision": method.precision}
     return copy_with_metadata(proto, out, original, lambda meta: meta | {"export": meta.get("export", {}) | precision},
                               check=False)  # the checker does not know ONNX Runtime's quantized kernels
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from deepapps.apps.nlp.table import AUTO, read_frame, read_labelled
+from deepapps.apps.nlp.table import AUTO, TextTable, read_frame, read_labelled
 from deepapps.apps.nlp.tokens import encode, load_tokenizer, pad
 from deepapps.core.data.splits import stratified_split
 from deepapps.core.errors import DataError, DeepappsError
@@ -70,6 +70,32 @@ def read_inputs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
     return items
 
 
+
+def evaluated_rows(model: OnnxModel, data_path: str, split: str, quiet: bool = False) -> tuple[TextTable, np.ndarray]:
+    """(the labelled texts of the file, the indices of `split` in them), carved exactly as in fit.
+
+    Args:
+        quiet: no warning for a model of deepapps 0.1 (said once, by evaluate).
+    """
+    cfg = model.contract.train.data_config
+    table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),
+                          cfg.get("label_names"), labels=model.labels)
+    if split == "all":
+        rows = np.arange(len(table.texts))
+    else:
+        if split not in ("train", "val", "test"):
+            raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
+        if model.contract.schema_version < 2 and not quiet:
+            print(f"warning: {model.path} was made by deepapps 0.1, which carved text splits another way; "
+                  f"its {split} rows are re-carved by today's rule and may include rows it trained on",
+                  file=sys.stderr)
+        splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
+                                  cfg.get("split_seed", 0))
+        rows = splits[split]
+    if not len(rows):
+        raise DataError(f"{data_path}: the {split} split is empty")
+    return table, rows
+
 class NlpServing(Serving):
     """Texts from --text, text files (a line each) or tables; tokenised with `tokenizers` only."""
 
@@ -115,29 +141,24 @@ class NlpServing(Serving):
         """Metrics of the ONNX model on `split` of the data, carved exactly as in fit."""
         from deepapps.core.metrics import classification_metrics
 
-        cfg = model.contract.train.data_config
-        table = read_labelled(data_path, cfg.get("text_column", "text"), cfg.get("label_column", "label"),
-                              cfg.get("label_names"), labels=model.labels)
-        if split == "all":
-            rows = np.arange(len(table.texts))
-        else:
-            if split not in ("train", "val", "test"):
-                raise DeepappsError(f"--split {split}: choose one of train, val, test, all")
-            if model.contract.schema_version < 2:
-                print(f"warning: {model.path} was made by deepapps 0.1, which carved text splits another way; "
-                      f"its {split} rows are re-carved by today's rule and may include rows it trained on",
-                      file=sys.stderr)
-            splits = stratified_split(table.targets, cfg.get("val_fraction", 0.1), cfg.get("test_fraction", 0.1),
-                                      cfg.get("split_seed", 0))
-            rows = splits[split]
-        if not len(rows):
-            raise DataError(f"{data_path}: the {split} split is empty")
+        table, rows = evaluated_rows(model, data_path, split)
         probs, _ = score_texts(model, [table.texts[i] for i in rows], batch_size)
         targets = table.targets[rows]
         problem = model.contract.task
         metrics = evaluation_head(split, data_path, len(rows)) | classification_metrics(
             problem, targets, probs, model.labels)
         return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
+
+    def group_values(self, model: OnnxModel, data_path: str, split: str, columns: list[str]) -> dict[str, list]:
+        """The group columns of the rows `evaluate` scores: the same file rows, split and order."""
+        frame = read_frame(data_path)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{data_path}: group column(s) not found: {', '.join(missing)} "
+                            f"(columns: {', '.join(frame.columns)})")
+        table, rows = evaluated_rows(model, data_path, split, quiet=True)
+        picked = table.rows[rows]
+        return {c: frame[c].gather(picked).to_list() for c in columns}
 
     def decode_item(self, model: OnnxModel, item: dict | bytes) -> list[int]:
         """`{"text": "..."}` (or raw UTF-8 bytes) -> token ids.

@@ -38,6 +38,7 @@ class TextTable:
     notes: list[str]
     text_column: str = "text"
     label_column: str = "label"
+    rows: np.ndarray | None = None  # (N,) the file's row of each text (rows with an empty text are dropped)
 
 
 def read_frame(path: str, columns: list[str] | None = None, notes: list[str] | None = None) -> pl.DataFrame:
@@ -177,7 +178,7 @@ def read_labelled(path: str, text_column: str, label_column: str, label_names: l
             raise DataError(f"{path}: label {unknown[0]!r} is not one of the model's labels {labels}")
     index = {name: i for i, name in enumerate(labels)}
     targets = np.array([index[n] for n in names], dtype=np.int64)
-    return TextTable(texts, targets, labels, path, notes, text_column, label_column)
+    return TextTable(texts, targets, labels, path, notes, text_column, label_column, np.asarray(keep, np.int64))
 
 
 _GOOD = ["great", "excellent", "wonderful", "sturdy", "reliable", "comfortable", "fantastic", "perfect", "lovely", "superb"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -15,6 +14,7 @@ from deepapps.core.training.classifier import ClassificationModule
 from deepapps.core.training.heads import WithProbabilities
 from deepapps.core.training.interface import Built, FitRun, Saved, Served, Training
 from deepapps.core.training.optim import LrSchedule
+from deepapps.core.training.quantize import DYNAMIC, Int8Method
 
 log = logging.getLogger("deepapps.nlp")
 INPUTS = ("input_ids", "attention_mask")
@@ -52,8 +52,6 @@ def warmup_decay(kind: str, warmup: int, total: int, frozen: int = 0) -> LrSched
 
 class NlpTraining(Training):
     """Fine-tune a Hugging Face encoder; the tokenizer travels in the model."""
-
-    supports_int8 = True
 
     def build(self, cfg: NlpFitConfig, saved: Saved | None = None, with_data: bool = True) -> Built:
         """Encoder and tokenizer first (the tokenizer fixes the data's token ids), then data, then head.
@@ -103,31 +101,49 @@ class NlpTraining(Training):
         return Served(WithProbabilities(built.net, multilabel=False), built.kind)
 
     def artifacts(self, run: FitRun) -> dict:
-        """The int8 copy (`export_int8`), its accuracy change measured on the same test split."""
-        if not run.cfg.export_int8:
-            return {}
-        from deepapps.apps.nlp.quantize import quantize_and_measure
+        """The TF-IDF baseline on the same split (`baselines`); the int8 copy is the core's
+        (`int8_method`)."""
+        return {"baselines": text_baselines(run)} if run.cfg.baselines else {}
 
-        result = quantize_and_measure(run.onnx_path, run.run_dir / "model.int8.onnx", run.cfg.data.path, "test",
-                                      fp32_metrics=run.metrics["test"])
-        return {"int8": result}
-
-    def export_int8(self, onnx_path: Path, cfg: NlpFitConfig) -> Path:
-        """`deepapps nlp export --int8`: dynamic int8 copy, accuracy change measured on the test carve."""
-        from deepapps.apps.nlp.quantize import quantize_into_run
-
-        quantize_into_run(onnx_path, data_path=cfg.data.path)
-        return onnx_path.with_suffix(".int8.onnx")
+    def int8_method(self, cfg: NlpFitConfig) -> Int8Method:
+        """Dynamic: a transformer's time is in MatMul/Gemm, whose int8 weights need no calibration."""
+        return Int8Method(DYNAMIC, "transformer encoder: int8 MatMul/Gemm weights, activations quantised at run time")
 
     def report(self, run: FitRun) -> None:
         """The shared run report, with the int8 measurement and the text model's limitations."""
         from deepapps.core.report.run_report import write_run_report
 
         cfg = run.cfg
-        sections = [("int8 quantization", run.metrics["int8"]["markdown"])] if "int8" in run.metrics else []
+        sections = [("Baseline on the same split", baseline_markdown(run.metrics))] if "baselines" in run.metrics else []
         info = {"sections": sections,
                 "intended_use": "Scoring short English texts (reviews, tickets, posts) for the labels it was trained on.",
                 "limitations": [f"Texts longer than {cfg.data.max_length} tokens are truncated.",
                                 "Accuracy drops under domain shift from the training data.",
                                 "The test split is carved from the training file, not an independent sample."]}
         write_run_report(run, info=info)
+
+
+def text_baselines(run: FitRun) -> dict:
+    """{name: {"val", "test", ...}} of the TF-IDF baseline on the fit's split, or the reason it was skipped."""
+    from deepapps.apps.nlp.baselines import NAME, tfidf_baseline
+
+    dm = run.built.datamodule
+    try:
+        result = tfidf_baseline(dm.texts, dm.targets, dm.splits, run.built.labels, run.contract.kind.problem, run.cfg.seed)
+    except ValueError as exc:  # e.g. a vocabulary left empty by min_df on a tiny table
+        log.info("TF-IDF baseline skipped: %s", exc)
+        return {NAME: {"skipped": str(exc).splitlines()[0]}}
+    return {NAME: result}
+
+
+def baseline_markdown(metrics: dict) -> str:
+    """The model (ONNX, test) against each baseline on the same test rows."""
+    keys = [k for k in ("accuracy", "macro_f1", "auroc", "auprc") if k in metrics.get("test", {})]
+    rows = ["| model | " + " | ".join(f"test {k}" for k in keys) + " |", "|---" * (len(keys) + 1) + "|",
+            "| this model (ONNX) | " + " | ".join(f"{metrics['test'][k]:.4f}" for k in keys) + " |"]
+    for result in metrics["baselines"].values():
+        if "test" in result:
+            rows.append(f"| {result['name']} (C={result['C']}) | "
+                        + " | ".join(f"{result['test'].get(k, float('nan')):.4f}" for k in keys) + " |")
+    return "Same training rows, same test rows. " + "\n".join(["", *rows])
+

@@ -6,7 +6,7 @@ The image classification family it trains is shared with healthcare, so it lives
 
 from pathlib import Path
 
-from deepapps.core.registry import AppSpec
+from deepapps.core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="vision",
@@ -17,4 +17,8 @@ APP = AppSpec(
     training="deepapps.core.training.image_family:ImageTraining",
     serving="deepapps.core.runtime.image_classification:ImageServing",
     family_default=True,
+    commands=(
+        AppCommand("explain", "attribution maps over input images from a checkpoint (Captum: Grad-CAM, IG, occlusion)",
+                   "deepapps.core.training.image_explain:vision_main"),
+    ),
 )

@@ -11,6 +11,9 @@ CSV and TSV come in two dialects, told apart from the first MiB (`sniff_dialect`
                that opens a quote it never closes)
 `read_table` falls back to the other dialect when the sniffed one fails on the whole file; the
 dialect it used is one line in the `notes` the caller passes (data summary, model card).
+
+A path may be a URL (s3://, gs://, az://, hdfs://, https://): the file is fetched through fsspec
+into the local cache (`core.runtime.remote`) and read from there; messages name the URL.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from deepapps.core.errors import DataError
+from deepapps.core.runtime import remote
 
 SNIFF_BYTES = 1 << 20
 
@@ -74,7 +78,7 @@ def sniff_dialect(path: str | Path, kind: str | None = None) -> Dialect:
     """
     kind = kind or table_kind(path)
     separator = "\t" if kind == "tsv" else ","
-    with open(path, "rb") as f:
+    with remote.open_read(path) as f:
         raw = f.read(SNIFF_BYTES + 1)
     whole = len(raw) <= SNIFF_BYTES
     raw = raw[:SNIFF_BYTES]
@@ -157,19 +161,20 @@ def scan_table(
     Raises:
         DataError: the file is missing, of another type, empty or unreadable.
     """
-    path = Path(path)
+    name = str(path) if remote.is_remote(path) else str(Path(path))  # what messages call the file
+    path = local_table(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    kind = table_kind(path)
+        raise DataError(f"{name}: no such file")
+    kind = table_kind(name)
     if kind is None:
-        raise DataError(f"{path}: unsupported table type {path.suffix!r}; use .csv, .tsv, .parquet or .jsonl")
+        raise DataError(f"{name}: unsupported table type {Path(name).suffix!r}; use .csv, .tsv, .parquet or .jsonl")
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
+        raise DataError(f"{name}: empty file")
     try:
         if kind in ("csv", "tsv"):
             dialect = dialect or sniff_dialect(path, kind)
             if notes is not None:
-                notes.append(dialect.note(path))
+                notes.append(dialect.note(name))
             overrides = {c: pl.String for c in string_columns}
             return pl.scan_csv(
                 path, separator=dialect.separator, quote_char='"' if dialect.quoted else None,
@@ -180,7 +185,12 @@ def scan_table(
             return pl.scan_parquet(path)
         return pl.scan_ndjson(path, infer_schema_length=infer_rows)
     except Exception as exc:  # polars raises several types for unreadable files
-        raise DataError(f"{path}: cannot read ({first_line(exc)})") from None
+        raise DataError(f"{name}: cannot read ({first_line(exc)})") from None
+
+
+def local_table(path: str | Path) -> Path:
+    """`path` itself, or for a URL the cached local copy of the file (DataError naming the URL)."""
+    return remote.cached_file(str(path)) if remote.is_remote(path) else Path(path)
 
 
 def table_schema(path: str | Path, lf: pl.LazyFrame | None = None) -> pl.Schema:
@@ -208,8 +218,9 @@ def read_table(path: str | Path, columns: list[str] | None = None, notes: list[s
     """
     kind = table_kind(path)
     dialect = scan.pop("dialect", None)
-    if kind in ("csv", "tsv") and dialect is None and Path(path).is_file() and Path(path).stat().st_size:
-        dialect = sniff_dialect(path, kind)
+    local = local_table(path) if kind in ("csv", "tsv") and dialect is None else None
+    if local is not None and local.is_file() and local.stat().st_size:
+        dialect = sniff_dialect(local, kind)
     try:
         df = scan_table(path, dialect=dialect, **scan).collect()
     except DataError:

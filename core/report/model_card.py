@@ -43,6 +43,54 @@ def write_model_card(path: Path, info: dict) -> Path:
     return write_text(path, render_model_card(info))
 
 
+AUTO_HEADING = "Auto choices"
+
+
+def auto_section(choices: list[dict]) -> tuple[str, str]:
+    """(heading, Markdown body) of the config fields left at `auto` and what the data made of
+    them ({field, value, reason} each; core.training.auto); config.yaml holds the same values."""
+    rows = [[f"`{c.get('field')}`", f"`{_fmt_value(c.get('value'))}`", str(c.get("reason", ""))] for c in choices]
+    text = ("These fields were `auto`: chosen from the data at the start of the fit. config.yaml holds the "
+            "values chosen, so `fit --config config.yaml` trains the same recipe; give a field to override it.")
+    return AUTO_HEADING, text + "\n\n" + _table(["field", "chosen", "why"], rows)
+
+
+PRIVACY_HEADING = "Differential privacy"
+
+
+def privacy_section(privacy: dict) -> tuple[str, str]:
+    """(heading, Markdown body) of a DP-SGD fit (the post-fit state's `privacy`, written by
+    core.training.privacy): the budget spent, delta, clipping, noise and what it covers."""
+    replaced = privacy.get("replaced") or []
+    kinds: dict[str, int] = {}
+    for line in replaced:
+        change = line.split(": ", 1)[-1]
+        kinds[change] = kinds.get(change, 0) + 1
+    layers = "; ".join(f"{n} x {change}" for change, n in kinds.items()) or "none"
+    names = ", ".join(f"`{line.split(':', 1)[0]}`" for line in replaced[:12]) + (", ..." if len(replaced) > 12 else "")
+    trained = ("the head only (" + ", ".join(f"`{n}`" for n in privacy.get("frozen") or []) + " frozen, in eval mode)"
+               if privacy.get("fine_tune") == "head" else "every layer")
+    rows = [
+        ["epsilon spent", _fmt_value(privacy.get("epsilon_spent"))],
+        ["epsilon target", _fmt_value(privacy.get("epsilon"))],
+        ["delta", f"{privacy.get('delta', 0):.3g}"],
+        ["clipping norm (per sample)", _fmt_value(privacy.get("max_grad_norm"))],
+        ["noise multiplier", _fmt_value(privacy.get("noise_multiplier"))],
+        ["sample rate (Poisson)", _fmt_value(privacy.get("sample_rate"))],
+        ["steps (planned)", f"{privacy.get('steps')} ({privacy.get('steps_planned')})"],
+        ["training rows (n)", _fmt_int(privacy.get("train_rows"))],
+        ["accountant", str(privacy.get("accountant", ""))],
+        ["trained", trained],
+        ["layers replaced", layers + (f": {names}" if replaced else "")],
+    ]
+    text = (f"Trained with {privacy.get('mechanism', 'DP-SGD')}: ({_fmt_value(privacy.get('epsilon_spent'))}, "
+            f"{privacy.get('delta', 0):.3g})-differentially private with respect to the training rows. The guarantee "
+            "covers the network's weights; statistics fitted on the training data without noise (normalisation, "
+            "vocabularies), the post-fit calibration and threshold (validation split) and any baselines are not "
+            "covered. Noise comes from torch's pseudo-random generator (Opacus secure_mode off).")
+    return PRIVACY_HEADING, text + "\n\n" + _table(["", "value"], rows)
+
+
 SEARCH_HEADING = "Hyperparameter search"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deepapps.core.report.model_card import search_section, write_model_card
+from deepapps.core.report.model_card import auto_section, privacy_section, search_section, write_model_card
 from deepapps.core.report.plots import confusion_matrix_plot, roc_plot, training_curves
 from deepapps.core.training.interface import FitRun
 
@@ -50,8 +50,15 @@ def write_run_report(run: FitRun, info: dict | None = None, extra_plots: list[Pa
             f"{samples} test inputs were saved to samples/ to try `deepapps {run.app.name} predict` on."
         ]
     card |= info or {}
+    if built.auto_choices:
+        card["sections"] = [auto_section(built.auto_choices), *(card.get("sections") or [])]
+    if privacy := run.post_fit.state.get("privacy"):  # a DP-SGD fit (core.training.privacy)
+        card["sections"] = [*(card.get("sections") or []), privacy_section(privacy)]
     if run.search:
         card["sections"] = [*(card.get("sections") or []), search_section(run.search)]
+    if "int8" in run.metrics:  # fit --export_int8: the copy's measurement, or why it was refused
+        int8 = run.metrics["int8"]
+        card["sections"] = [*(card.get("sections") or []), ("int8 quantization", int8.get("markdown") or int8["refused"])]
     return write_model_card(run_dir / "model_card.md", card)
 
 

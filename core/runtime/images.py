@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deepapps.core.errors import DataError
+from deepapps.core.runtime import remote
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The most pixels an input image may have (a 12000 x 8000 photo), checked from its header before
@@ -130,11 +131,14 @@ def to_model_input(img: Image.Image, spec: ImageSpec) -> np.ndarray:
 def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given plus the image files found (recursively) in folders, in sorted order.
 
+    A URL (s3://, gs://, ...) of a file or folder is listed and fetched through fsspec into the
+    local cache (`core.runtime.remote.localize`); the paths returned are the cached copies.
+
     Raises:
         DataError: a path that does not exist, or a folder without images.
     """
     found: list[Path] = []
-    for item in map(Path, inputs):
+    for item in map(Path, map(remote.localize, inputs)):
         if item.is_dir():
             in_dir = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not in_dir:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
+from deepapps.core.errors import ConfigError
 from deepapps.core.runtime.evaluation import Evaluation
 from deepapps.core.runtime.session import OnnxModel
 
@@ -75,6 +76,15 @@ class Serving(ABC):
         """Metrics of `model` on `split` of labelled data: `train`, `val` or `test` as fit split it,
         or `all` (every item). They start with `evaluation_head` (core.runtime.evaluation):
         split, n, data and the data's fingerprint."""
+
+    def group_values(self, model: OnnxModel, data_path: str, split: str, columns: list[str]) -> dict[str, list]:
+        """The values of `columns` (sensitive attributes, for `evaluate --group-columns`) of the rows
+        `evaluate(model, data_path, split)` scores, in its order. Optional: this default refuses.
+
+        Raises:
+            ConfigError: the app cannot read group columns; DataError: a column is not in the data.
+        """
+        raise ConfigError(f"--group-columns: not supported by this app ({type(self).__name__})")
 
     @abstractmethod
     def decode_item(self, model: OnnxModel, item: Any) -> Any:

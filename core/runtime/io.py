@@ -1,9 +1,11 @@
 """Atomic output files: a crash, Ctrl-C or SIGTERM never leaves a half-written file behind.
 
 Every output is written to a temporary file in a hidden temporary folder beside it and renamed
-into place. Folders of writes in progress are tracked, so the CLI removes them even when a signal
-or a panic inside a native library ends the process another way than through `atomic_write`'s
-own clean-up.
+into place. An output URL (s3://, gs://, az://, hdfs://) is written to a local temporary file and
+uploaded to a temporary object that is then moved into place (`core.runtime.remote.upload_file`
+says how atomic that is on each store). Folders of writes in progress are tracked, so the CLI
+removes them even when a signal or a panic inside a native library ends the process another way
+than through `atomic_write`'s own clean-up.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from pathlib import Path
 import polars as pl
 
 from deepapps.core.errors import DataError
+from deepapps.core.runtime import remote
 
 
 _PENDING: set[Path] = set()  # temporary folders of writes in progress
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path | str:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    A remote `path` (a URL) is written to a local temporary file, then uploaded (returns the URL).
 
     The temporary file sits in a hidden temporary folder of its own, removed on any failure: a
     native writer that is still running when a signal stops us (polars' streaming sinks) cannot
@@ -33,6 +38,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     Raises:
         DataError: the folder cannot be made or written to (one line naming `path`).
     """
+    if remote.is_remote(path):
+        return remote.write_via_local(str(path), write, _PENDING)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +69,8 @@ def remove_pending() -> None:
 
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths name the same existing file (an output must never overwrite an input)."""
+    if remote.is_remote(a) or remote.is_remote(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
     try:
         return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
     except OSError:

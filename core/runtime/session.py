@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from deepapps.core.contract import METADATA_KEY, ModelContract, parse_metadata
 from deepapps.core.errors import DeepappsError, ModelFileError
+from deepapps.core.runtime import remote
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -61,7 +62,8 @@ def load_model(path: str | Path, provider: str = "auto", app: str | None = None,
     """Open `path` with ONNX Runtime, read its contract and check that `app` made it.
 
     Args:
-        path: the .onnx file (with `model_bytes`: only the name it is reported by).
+        path: the .onnx file or its URL (s3://, gs://, az://, hdfs://, https://: fetched into the
+            local cache, see `core.runtime.remote`); with `model_bytes`: only the name it is reported by.
         provider: `auto` (CUDA when it really initialises, else CPU), `cpu` or `cuda`.
         app: expected app name; a model made by another app is refused.
         session_config: ONNX Runtime session config entries, e.g.
@@ -69,9 +71,12 @@ def load_model(path: str | Path, provider: str = "auto", app: str | None = None,
         model_bytes: the serialised model, when it is not (yet) a file (fit evaluates the
             graph it is about to write).
     """
+    name = str(path) if remote.is_remote(path) else str(Path(path))  # a remote model: named by its URL
+    if model_bytes is None and remote.is_remote(name):
+        path = remote.cached_file(name)  # ONNX Runtime opens local files: fetched into the cache
     path = Path(path)
     if model_bytes is None and not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+        raise ModelFileError(f"{name}: no such model file")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     for key, value in (session_config or {}).items():
@@ -83,17 +88,17 @@ def load_model(path: str | Path, provider: str = "auto", app: str | None = None,
                                        sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises several types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a valid ONNX model ({first[:200]})") from None
+        raise ModelFileError(f"{name}: not a valid ONNX model ({first[:200]})") from None
     finally:
         ort.set_default_logger_severity(3)
-    contract = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), str(path))
+    contract = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), name)
     if app is not None and contract.app != app:
         raise ModelFileError(
-            f"{path}: made by the {contract.app} app, not {app}; use `deepapps {contract.app} ...`"
+            f"{name}: made by the {contract.app} app, not {app}; use `deepapps {contract.app} ...`"
         )
     used = session.get_providers()[0]
     if provider == "cuda" and used != CUDA:
-        raise DeepappsError(f"{path}: --provider cuda asked, but CUDA did not initialise")
+        raise DeepappsError(f"{name}: --provider cuda asked, but CUDA did not initialise")
     return OnnxModel(path=path, session=session, contract=contract, provider=used,
                      provider_note=_provider_note(provider, used))
 

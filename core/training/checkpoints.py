@@ -23,6 +23,7 @@ from deepapps.core.contract import Classification, Forecast, problem_type
 from deepapps.core.errors import ConfigError
 from deepapps.core.registry import AppSpec
 from deepapps.core.runtime.io import atomic_write
+from deepapps.core.training import privacy
 from deepapps.core.training.interface import Built, Saved, Served
 
 HPARAMS_KEY = "deepapps"
@@ -98,6 +99,7 @@ def restore(app: AppSpec, checkpoint: Checkpoint, cfg, with_data: bool):
     """`load_checkpoint` for a checkpoint already read."""
     training = app.load_training()
     built = training.build(cfg, saved=checkpoint.saved, with_data=with_data)
+    privacy.prepare(built, cfg, check=False)  # a DP-SGD run's replaced layers (no-op without privacy)
     module = training.module(built, cfg)
     try:
         module.load_state_dict(checkpoint.state_dict)

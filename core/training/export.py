@@ -114,7 +114,8 @@ def export_model(app: str, training: Training, built: Built, cfg, config: dict, 
             data_config=asdict(cfg.data), backbone=built.backbone, pretrained=built.weights,
             config_sha256=hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest(),
         ),
-        version=__version__, created=_now(), export=info, details=served.details,
+        version=__version__, created=_now(), export=info,
+        details=served.details | ({"privacy": state["privacy"]} if state.get("privacy") else {}),
     )
     return proto, contract
 

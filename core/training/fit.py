@@ -26,11 +26,14 @@ from deepapps.core.errors import ConfigError, DeepappsError
 from deepapps.core.registry import AppSpec
 from deepapps.core.runtime.io import write_json, write_text
 from deepapps.core.runtime.session import load_model
+from deepapps.core.training.auto import apply_to_config, apply_to_yaml, is_auto
 from deepapps.core.training.checkpoints import (
     load_checkpoint, post_fit_state, read_checkpoint, restore, store_post_fit,
 )
 from deepapps.core.training.export import convert_fp16, export_model
+from deepapps.core.training import privacy
 from deepapps.core.training.interface import Built, FitRun
+from deepapps.core.training.quantize import export_int8
 from deepapps.core.training.trainer import (
     eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision, training_ended,
 )
@@ -52,6 +55,8 @@ class Trained:
     module: L.LightningModule
     trainer: L.Trainer
     best: Path | None
+    config_yaml: str = ""
+    """config.yaml as written: `auto` fields replaced by the values chosen (core.training.auto)."""
 
 
 def train(app: AppSpec, cfg, config: dict, config_yaml: str, run_dir: Path, callbacks: Sequence = (),
@@ -69,13 +74,17 @@ def train(app: AppSpec, cfg, config: dict, config_yaml: str, run_dir: Path, call
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     training = app.load_training()
     built = training.build(cfg)
+    if built.auto_choices:  # `auto` as resolved: config.yaml and the checkpoint reproduce the run
+        apply_to_config(config, built.auto_choices)
+        config_yaml = apply_to_yaml(config_yaml, built.auto_choices)
+    private = privacy.prepare(built, cfg)  # --privacy.epsilon: DP-SGD's layers and checks; None when off
     # only now: bad data or settings stop the run before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config_yaml)
     module = training.module(built, cfg)
     module.save_hyperparameters({"deepapps": built.saved(config, app.name).to_dict()})
     earlier_logs = read_logs(run_dir) if resume_from else None  # before CSVLogger deletes the file
-    trainer, checkpoint = make_trainer(cfg.trainer, run_dir, callbacks, checkpoints)
+    trainer, checkpoint = make_trainer(cfg.trainer, run_dir, [*callbacks, *privacy.callbacks(private)], checkpoints)
     if checkpoints:
         log.info("run folder %s; data %s; weights %s; precision %s", run_dir, built.datamodule.summary()["source"],
                  built.weights, resolve_precision(cfg.trainer))
@@ -91,7 +100,7 @@ def train(app: AppSpec, cfg, config: dict, config_yaml: str, run_dir: Path, call
     best = None
     if checkpoint is not None:
         best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
-    return Trained(built, module, trainer, best)
+    return Trained(built, module, trainer, best, config_yaml)
 
 
 def fit(app: AppSpec, cfg, config: dict, config_yaml: str, search: dict | None = None) -> Path:
@@ -114,8 +123,12 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str, search: dict | None =
     if not cfg.resume and last.is_file() and RUN_DIR_ENV not in os.environ:
         raise ConfigError(f"--run_dir {run_dir}: holds a run already; add --resume to continue it or pick another folder")
     if cfg.resume:
-        _check_unfinished(app, run_dir, last, cfg.trainer.max_epochs)
+        _check_unfinished(app, run_dir, last, _resolved_max_epochs(run_dir, cfg.trainer.max_epochs))
 
+    if cfg.export_int8:  # an app int8 is not offered for stops here, before training
+        method = app.load_training().int8_method(cfg)
+        if method.method is None:
+            raise ConfigError(f"--export_int8: {method.reason}")
     trained = train(app, cfg, config, config_yaml, run_dir, resume_from=last if cfg.resume else None)
     if not trained.trainer.is_global_zero:
         return run_dir
@@ -129,6 +142,8 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str, search: dict | None =
         "test_torch": _strip(evaluator.test(module, datamodule=dm, verbose=False)[0], "test/"),
     }
     post_fit = training.post_fit(module, built, cfg)
+    if (spent := privacy.state(trained.trainer)) is not None:  # the DP-SGD budget spent: contract, card
+        post_fit.state["privacy"] = spent
     store_post_fit(best, post_fit.state)
 
     onnx_path = run_dir / "model.onnx"
@@ -142,14 +157,29 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str, search: dict | None =
     write_model(onnx_path, proto, contract)
     if cfg.export_fp16:
         convert_fp16(onnx_path, run_dir / "model.fp16.onnx")
+    if cfg.export_int8:
+        metrics["int8"] = _int8_copy(app, training, built, cfg, onnx_path)
     if search is not None:
         metrics["search"] = search
-    run = FitRun(run_dir, app, cfg, config_yaml, built, module, metrics, evaluation, post_fit, contract, search)
+    run = FitRun(run_dir, app, cfg, trained.config_yaml, built, module, metrics, evaluation, post_fit, contract, search)
     metrics |= training.artifacts(run)
     write_json(run_dir / "metrics.json", metrics)
     training.report(run)
     log.info("test (ONNX Runtime): %s", scalars(metrics["test"]))
     return run_dir
+
+
+def _resolved_max_epochs(run_dir: Path, max_epochs):
+    """`trainer.max_epochs`; for `auto`, the value the run resolved (its config.yaml)."""
+    if not is_auto(max_epochs):
+        return max_epochs
+    import yaml
+
+    try:
+        return int(yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        raise ConfigError(f"--resume: {run_dir / 'config.yaml'} does not hold the resolved trainer.max_epochs; "
+                          "give --trainer.max_epochs") from None
 
 
 def _check_unfinished(app: AppSpec, run_dir: Path, last: Path, max_epochs: int) -> None:
@@ -180,8 +210,8 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
     """Export a checkpoint as fit exported it (its post-fit state included); the parity batch is
     real data when the data path exists."""
     training = app.load_training()
-    if int8 and not training.supports_int8:
-        raise ConfigError(f"deepapps {app.name} export: --int8 is not available for {app.name} models")
+    if int8 and (method := training.int8_method(cfg)).method is None:
+        raise ConfigError(f"deepapps {app.name} export: --int8: {method.reason}")
     checkpoint = read_checkpoint(ckpt)
     try:
         _, built = restore(app, checkpoint, cfg, with_data=True)
@@ -194,8 +224,20 @@ def export_checkpoint(app: AppSpec, ckpt: Path, cfg, config: dict, out: Path, fp
     if fp16:
         convert_fp16(out, out.with_suffix(".fp16.onnx"))
     if int8:
-        training.export_int8(out, cfg)
+        export_int8(app, training, built, cfg, out)
     return out
+
+
+def _int8_copy(app: AppSpec, training, built: Built, cfg, onnx_path: Path) -> dict:
+    """fit's int8 copy: its measurement, or (refused, data missing) the one line why, logged;
+    the run itself is kept either way."""
+    try:
+        result = export_int8(app, training, built, cfg, onnx_path)
+    except DeepappsError as exc:
+        reason = str(exc).splitlines()[0]
+        log.warning("%s", reason)
+        return {"refused": reason}
+    return result.to_dict() | {"markdown": result.markdown}
 
 
 def _run_metrics(ckpt: Path) -> dict:

@@ -13,10 +13,12 @@ import torch
 from deepapps.core.config import ImageFitConfig
 from deepapps.core.contract import PROBABILITIES, Classification, TensorSpec, problem_type
 from deepapps.core.runtime.images import ImageSpec
+from deepapps.core.training.auto import announce, check_resolved, has_auto, resolve_image_auto, summarize_images
 from deepapps.core.training.backbones import create_timm_model, data_config
 from deepapps.core.training.image_data import ImageDataModule
 from deepapps.core.training.image_model import ImageClassifier
 from deepapps.core.training.interface import Built, Saved, Training
+from deepapps.core.training.quantize import STATIC, Int8Method
 
 FAMILY = "image_classification"
 INPUT_NAME = "pixels"
@@ -24,7 +26,7 @@ INPUT_NAME = "pixels"
 
 def build_image_classifier(
     cfg: ImageFitConfig, saved: Saved | None = None, with_data: bool = True, channels: int = 3,
-    datamodule_class: Callable = ImageDataModule,
+    datamodule_class: Callable = ImageDataModule, medical: bool = False,
 ) -> Built:
     """Backbone first (its pretrained cfg fixes size and normalisation), then data, then head.
 
@@ -34,16 +36,31 @@ def build_image_classifier(
         with_data: index the dataset (False for export from a checkpoint without data).
         channels: pixel channels of the graph input (1 for grey images).
         datamodule_class: (cfg.data, spec) -> datamodule; an app's subclass of ImageDataModule.
+        medical: medical images (healthcare): what `auto` fields read (no flips, its monitor).
     """
     backbone, weights = create_timm_model(cfg.model.backbone, 0, None if saved else cfg.model.pretrained)
     timm_cfg = data_config(backbone)
+    pretrained_size = int(timm_cfg["input_size"][-1])
+    datamodule = None
+    if with_data and has_auto(cfg):  # index the data first: the `auto` fields are chosen from it
+        datamodule = datamodule_class(cfg.data, None)
+        multilabel = datamodule.multilabel
+        summary = summarize_images(datamodule.source, problem_type(len(datamodule.labels), multilabel), medical)
+        choices = resolve_image_auto(cfg, summary, pretrained_size, pretrained=not weights.startswith("none"))
+        announce(choices, summary)
+    else:
+        choices = []
+    check_resolved(cfg)
     spec = ImageSpec(
-        size=cfg.data.image_size or timm_cfg["input_size"][-1],
+        size=cfg.data.image_size or pretrained_size,
         crop_pct=cfg.data.crop_pct or timm_cfg.get("crop_pct", 0.875),
         interpolation=timm_cfg.get("interpolation", "bicubic") or "bicubic",
         channels=channels,
     )
-    datamodule = datamodule_class(cfg.data, spec) if with_data else None
+    if datamodule is not None:
+        datamodule.spec = spec
+    elif with_data:
+        datamodule = datamodule_class(cfg.data, spec)
     if saved is not None:
         kind = saved.kind
     else:
@@ -59,7 +76,13 @@ def build_image_classifier(
         outputs=[PROBABILITIES], preprocess=preprocess, weights=saved.weights if saved else weights, family=FAMILY,
         dummy_inputs=lambda n: (torch.randint(0, 256, (n, spec.size, spec.size, channels), dtype=torch.uint8),),
         backbone=cfg.model.backbone, write_samples=datamodule.write_samples if datamodule is not None else None,
+        auto_choices=[c.to_dict() for c in choices],
     )
+
+
+IMAGE_INT8 = Int8Method(STATIC, "conv image network: static QDQ int8 (per-channel weights) calibrated on "
+                                "validation images", calibration="entropy")
+"""The image family's int8 (vision, healthcare images): conv layers run as int8 kernels."""
 
 
 class ImageTraining(Training):
@@ -67,3 +90,6 @@ class ImageTraining(Training):
 
     def build(self, cfg: ImageFitConfig, saved: Saved | None = None, with_data: bool = True) -> Built:
         return build_image_classifier(cfg, saved, with_data)
+
+    def int8_method(self, cfg: ImageFitConfig) -> Int8Method:
+        return IMAGE_INT8

@@ -8,7 +8,7 @@ One fit (core.training.fit):
 
     build -> module -> Lightning fit -> best weights -> post_fit (validation-fitted state,
     stored in the best checkpoint) -> served -> ONNX export + parity -> evaluate the ONNX
-    graph (the app's Serving) -> model.onnx -> artifacts (int8, attributions, ...) ->
+    graph (the app's Serving) -> model.onnx -> int8 copy (int8_method) -> artifacts (attributions, ...) ->
     metrics.json -> report (plots, model card; reads only)
 """
 
@@ -18,10 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from deepapps.core.contract import Classification, Forecast, Kind, ModelContract, TensorSpec
 from deepapps.core.errors import ConfigError
+from deepapps.core.training.quantize import Int8Method
 
 if TYPE_CHECKING:
     import pytorch_lightning as L
@@ -85,6 +86,8 @@ class Built:
         write_samples: folder -> number of test inputs written there for users to try predict on.
         dynamic_axes: per graph input/output, its dynamic axes; None makes axis 0 `batch`.
         parity_tolerance: largest allowed |ONNX - torch| of the export check.
+        auto_choices: the config fields `auto` resolved from the data ({field, value, reason};
+            core.training.auto), written into config.yaml and the model card.
     """
 
     net: nn.Module
@@ -100,6 +103,7 @@ class Built:
     write_samples: Callable[[Path], int] | None = None
     dynamic_axes: dict[str, dict[int, str]] | None = None
     parity_tolerance: float = 1e-4
+    auto_choices: list[dict] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -167,9 +171,6 @@ class FitRun:
 class Training(ABC):
     """The torch side of an app."""
 
-    #: `export --int8` / `fit --export_int8` make an int8 copy (export_int8 is implemented)
-    supports_int8: ClassVar[bool] = False
-
     @abstractmethod
     def build(self, cfg, saved: Saved | None = None, with_data: bool = True) -> Built:
         """The network and its data.
@@ -216,7 +217,7 @@ class Training(ABC):
         return Served(WithProbabilities(built.net, kind.multilabel, temperature), kind)
 
     def artifacts(self, run: FitRun) -> dict:
-        """Extra files made from the written model (an int8 copy, attributions, ...); returns
+        """Extra files made from the written model (attributions, comparisons, ...); returns
         the sections they add to metrics.json. Default: none."""
         return {}
 
@@ -227,6 +228,8 @@ class Training(ABC):
 
         write_run_report(run)
 
-    def export_int8(self, onnx_path: Path, cfg) -> Path:
-        """`export --int8`: an int8 copy beside `onnx_path` with its accuracy change measured."""
-        raise ConfigError("--int8 is not available for this app's models")
+    def int8_method(self, cfg) -> Int8Method:
+        """How `fit --export_int8` / `export --int8` quantise this app's models
+        (core.training.quantize): `static` (QDQ, calibrated on validation inputs), `dynamic`, or
+        None with the measured reason int8 is not offered. Default: not offered."""
+        return Int8Method(None, f"int8 is not offered for {type(self).__name__} models (no method declared)")

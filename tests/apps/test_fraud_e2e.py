@@ -212,11 +212,11 @@ def test_explain_attributes_each_row_and_matches_predict(run, raw_rows, tmp_path
     text = text.with_columns(amount=pl.when(pl.int_range(pl.len()) == 5).then(pl.lit("abc")).otherwise(pl.col("amount")))
     path = tmp_path / "in.csv"
     text.write_csv(path)
-    out = tmp_path / "why.csv"
-    assert main(["fraud", "explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), str(path), "--out", str(out),
-                 "--rows", "50", "--steps", "64"]) == 0
-    assert "explained 49 of 50 rows" in capsys.readouterr().err
-    why = pl.read_csv(out)
+    out = tmp_path / "why"
+    assert main(["fraud", "explain", "--model", str(run / "model.onnx"), str(path), "--out", str(out),
+                 "--rows", "50", "--steps", "64", "--method", "integrated_gradients", "--plot-rows", "3"]) == 0
+    assert "explained 49 of 50 inputs" in capsys.readouterr().err
+    why = pl.read_csv(out / "attributions.csv")
     assert why.height == 50 and why.columns[:2] == ["transaction_id", "customer_id"]
     assert why["error"][5] == "amount: not a number" and why["score"][5] is None
     attr = why.select(pl.selectors.starts_with("attr_")).drop_nulls()
@@ -224,11 +224,20 @@ def test_explain_attributes_each_row_and_matches_predict(run, raw_rows, tmp_path
     # attributions add up to log-odds minus the baseline's: the same offset for every row
     offset = why["log_odds"].drop_nulls().to_numpy() - attr.to_numpy().sum(1)
     assert np.ptp(offset) < 0.1 < np.ptp(why["log_odds"].drop_nulls().to_numpy())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["all_agree_with_onnx"] is True and manifest["max_abs_delta"] < 0.05
+    assert sorted(p.name for p in out.glob("row_*.png")) == ["row_0000.png", "row_0001.png", "row_0002.png"]
+    assert (out / "global_importance.png").is_file() and (out / "global_importance.csv").is_file()
     assert main(["fraud", "predict", "--model", str(run / "model.onnx"), str(path), "--out", str(tmp_path / "p.csv"),
                  "--provider", "cpu"]) == 0
     scores = pl.read_csv(tmp_path / "p.csv")["score"].head(50)
     np.testing.assert_allclose(why["score"].fill_null(-1).to_numpy(), scores.fill_null(-1).to_numpy(), atol=1e-4)
-    assert main(["fraud", "explain", "--ckpt", str(tmp_path / "nope.ckpt"), str(path)]) == 2
+    # feature ablation (the default) moves each column to the baseline row's: the same rows explained
+    assert main(["fraud", "explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), str(path),
+                 "--out", str(tmp_path / "ablation"), "--rows", "50", "--plot-rows", "0"]) == 0
+    ablation = pl.read_csv(tmp_path / "ablation" / "attributions.csv")
+    assert ablation.select(pl.selectors.starts_with("attr_")).drop_nulls().height == 49
+    assert main(["fraud", "explain", "--ckpt", str(tmp_path / "nope.ckpt"), str(path), "--out", str(out)]) == 2
 
 
 def test_autoencoder_option_fits_exports_and_predicts(tmp_path):

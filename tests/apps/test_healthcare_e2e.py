@@ -135,19 +135,22 @@ def test_explain_writes_grad_cam_overlays(run, npz, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("nope")
     out = tmp_path / "cams"
-    result = run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--out", str(out),
+    result = run_cli("explain", "--model", str(run / "model.onnx"), "--out", str(out),
                      "--layer", "layer3", str(png), str(bad), f"{npz}:val")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "path,label,probability,explained,heatmap,error" and len(lines) == 1 + 2 + 48
+    assert lines[0] == "input,predicted,target,delta,agrees_with_onnx,files,error" and len(lines) == 1 + 2 + 48
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 49 and pngs[0].name == "0000_x_gradcam.png"
-    assert Image.open(pngs[0]).size == (256, 256)
+    assert Image.open(pngs[0]).size == (256, 256) and np.load(out / "0000_x_gradcam.npy").shape == (32, 32)
     assert "not an image" in lines[2]
-    assert_one_line_error(run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--class", "flu", str(png)),
-                          "--class flu")
-    assert_one_line_error(run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--layer", "nope", str(png)),
-                          "--layer nope", "layer4")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "gradcam" and "layer3" in manifest["baseline"]
+    assert manifest["explained"] == 49 and manifest["failed"] == 1 and manifest["all_agree_with_onnx"] is True
+    assert_one_line_error(run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--target", "flu",
+                                  "--out", str(out), str(png)), "--target flu")
+    assert_one_line_error(run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--layer", "nope",
+                                  "--out", str(out), str(png)), "--layer nope", "layer4")
     assert run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--out", str(out), str(bad)).returncode == 2
 
 

@@ -314,9 +314,21 @@ def test_signal_config_errors_are_one_line(ucr, tmp_path, capsys):
     fails("--model.backbone", "resnet_1d", needles=("--model.backbone resnet_1d",))
 
 
-def test_explain_refuses_a_signal_checkpoint_in_one_line(run, ucr, capsys):
-    assert main(["healthcare", "explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), str(ucr)]) == 2
-    assert "Grad-CAM here explains image models only" in capsys.readouterr().err
+def test_explain_shades_signals_with_integrated_gradients(run, ucr, tmp_path, capsys):
+    out = tmp_path / "why"
+    assert main(["healthcare", "explain", "--model", str(run / "model.onnx"), str(ucr), "--out", str(out),
+                 "--rows", "3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "integrated_gradients" and manifest["baseline"].startswith("all-zero signal")
+    assert manifest["explained"] == 3 and manifest["all_agree_with_onnx"] is True
+    assert manifest["max_abs_delta"] < 0.05
+    first = manifest["inputs"][0]["files"]
+    table = pl.read_csv(out / first[1])
+    assert first[0].endswith(".png") and (out / first[0]).is_file() and table.columns == ["sample", "value", "attribution"]
+    capsys.readouterr()
+    assert main(["healthcare", "explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), str(ucr), "--out", str(out),
+                 "--method", "gradcam"]) == 2
+    assert "--method gradcam: unknown for this model; choose one of integrated_gradients" in capsys.readouterr().err
 
 
 def test_http_adapter_checks_and_scores_signals(run):

@@ -11,7 +11,7 @@ import torch
 
 from deepapps.apps.nlp.config import TextOptimConfig
 from deepapps.apps.nlp.data import BucketSampler
-from deepapps.apps.nlp.explain import attribute
+from deepapps.apps.nlp.explain import attribute, baseline_ids
 from deepapps.apps.nlp.model import TextClassifier, layer_depth
 from deepapps.apps.nlp.table import read_labelled, resolve_columns
 from deepapps.core.data.splits import stratified_split
@@ -161,15 +161,17 @@ def test_layer_wise_lr_decay_scales_each_depth():
 
 
 def test_integrated_gradients_are_complete():
-    """IG attributions sum to logit(input) - logit(zero-embedding baseline) (Sundararajan et al.)."""
+    """Captum's layer IG attributions sum to logit(input) - logit(baseline) (Sundararajan et al.);
+    the baseline keeps the special tokens and pads the rest."""
     net = _tiny_net().eval()
     ids = torch.tensor([[2, 11, 23, 7, 3]])
-    scores, probs = attribute(net, ids, "ig", steps=128)
+    baseline = baseline_ids(ids, torch.tensor([[1, 0, 0, 0, 1]]), pad_id=0)
+    assert baseline.tolist() == [[2, 0, 0, 0, 3]]
+    scores, probs, delta = attribute(net, ids, baseline, steps=128)
     target = int(probs.argmax())
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        embed = net.backbone.get_input_embeddings()(ids)
-        gap = (net.head(net.features(None, mask, inputs_embeds=embed))
-               - net.head(net.features(None, mask, inputs_embeds=torch.zeros_like(embed))))[0, target]
+        gap = (net(ids, mask) - net(baseline, mask))[0, target]
     assert scores.shape == (5,)
     assert float(scores.sum()) == pytest.approx(float(gap), rel=0.02, abs=1e-4)
+    assert delta < 0.02 * max(1.0, abs(float(gap)))

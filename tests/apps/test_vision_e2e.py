@@ -186,9 +186,7 @@ def test_checkpoint_commands(tiny_run, image_folder, tmp_path, capsys):
     meta = read_metadata(out)
     assert meta["labels"] == ["blue", "green", "red"] and meta["export"]["parity_max_abs_diff"] <= 1e-4
     assert out.with_suffix(".fp16.onnx").is_file()
-    assert main(["vision", "export", "--ckpt", ckpt, "--out", str(tmp_path / "q.onnx"), "--int8"]) == 2
-    assert "--int8 is not available for vision" in capsys.readouterr().err
-    assert not (tmp_path / "q.onnx").exists()
+    # --int8: tests/core/test_quantize.py
 
 
 def test_resume_after_a_killed_fit(tmp_path, image_folder):

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from deepapps.core.registry import AppSpec
+from deepapps.core.registry import AppCommand, AppSpec
 
 APP = AppSpec(
     name="forecast",
@@ -12,4 +12,8 @@ APP = AppSpec(
     configs_dir=Path(__file__).parent / "configs",
     training="deepapps.apps.finance.forecast.training:ForecastTraining",
     serving="deepapps.apps.finance.forecast.runtime:ForecastServing",
+    commands=(
+        AppCommand("explain", "integrated-gradients attributions over the look-back window from a checkpoint (Captum)",
+                   "deepapps.apps.finance.forecast.explain:main"),
+    ),
 )

@@ -113,3 +113,9 @@ class ForecastFitConfig:
     """Global seed (weights init, data order)."""
     export_fp16: bool = False
     """Also write model.fp16.onnx for GPU serving."""
+    export_int8: bool = False
+    """Also write model.int8.onnx; refused for this app with the measured reason (see its
+    Training.int8_method)."""
+    int8_tolerance: float = 1.0
+    """Largest loss of the monitored metric (trainer.monitor) the int8 copy may show on the
+    validation split, in points (hundredths: 1.0 = 0.01)."""

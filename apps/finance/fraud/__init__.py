@@ -13,7 +13,7 @@ APP = AppSpec(
     training="deepapps.apps.finance.fraud.training:FraudTraining",
     serving="deepapps.apps.finance.fraud.runtime:FraudServing",
     commands=(
-        AppCommand("explain", "integrated-gradients feature attributions per transaction, from a checkpoint (torch)",
+        AppCommand("explain", "feature attributions per transaction from a checkpoint (Captum: feature ablation, IG)",
                    "deepapps.apps.finance.fraud.explain:main"),
     ),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deepapps.core.config import TrainerConfig
+from deepapps.core.config import PrivacyConfig, TrainerConfig
 
 
 @dataclass
@@ -25,6 +25,11 @@ class TabularDataConfig:
     """Numeric features; null: every number column that has no other role."""
     exclude_columns: list[str] = field(default_factory=list)
     """Columns never used as features."""
+    group_columns: list[str] | None = None
+    """Sensitive attributes (e.g. `[sex, race]`): fairness by group in metrics.json and the model card. Reporting
+    only: not features, unless also listed in categorical_columns or numeric_columns."""
+    missing_values: list[str] = field(default_factory=lambda: ["?"])
+    """Text values read as missing besides empty fields (compared without surrounding spaces)."""
     log_columns: list[str] | None = None
     """Numeric columns given sign(x)*log1p(|x|) before scaling; null: names containing `amount`."""
     use_time_as_feature: bool = False
@@ -53,6 +58,12 @@ class TabularDataConfig:
     """Rows per training step."""
     num_workers: int = 0
     """DataLoader workers (tensors are in memory: 0 is fastest)."""
+    streaming: str = "auto"
+    """`true`: stream a Parquet file (or folder of them) larger than memory: the split from a pass over the
+    label/time columns, the statistics column by column, the train rows in shuffled record batches (val/test are
+    held encoded); `false`: read the table into memory; `auto`: stream Parquet above 10% of RAM (printed)."""
+    shuffle_buffer: int = 200_000
+    """Streaming: rows of the shuffle buffer the train batches are drawn from."""
 
 
 @dataclass
@@ -123,6 +134,11 @@ class FraudFitConfig:
     optim: TabularOptimConfig = field(default_factory=TabularOptimConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(monitor="val/auprc", max_epochs=10, patience=4))
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    fairness_thresholds: bool = True
+    """With data.group_columns: also fit per-group thresholds equalising the TPR on validation (fairlearn
+    ThresholdOptimizer) and report their test cost against the disparity removed (reporting only; the model keeps
+    one threshold)."""
     baselines: bool = True
     """Also train logistic regression and HistGradientBoosting on the same split and report them."""
     run_dir: str | None = None
@@ -133,3 +149,9 @@ class FraudFitConfig:
     """Global seed (weights init, data order)."""
     export_fp16: bool = False
     """Also write model.fp16.onnx for GPU serving."""
+    export_int8: bool = False
+    """Also write model.int8.onnx; refused for this app with the measured reason (see its
+    Training.int8_method)."""
+    int8_tolerance: float = 1.0
+    """Largest loss of the monitored metric (trainer.monitor) the int8 copy may show on the
+    validation split, in points (hundredths: 1.0 = 0.01)."""

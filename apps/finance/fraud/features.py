@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import polars as pl
 
-from deepapps.apps.finance.fraud.tables import Columns, detect_columns
+from deepapps.apps.finance.fraud.tables import Columns, detect_columns, tidy_frame
 from deepapps.core.data.tables import read_table, table_schema
 from deepapps.core.errors import DataError
 
@@ -31,7 +31,7 @@ def load_source(path: str, data, notes: list[str] | None = None) -> pl.DataFrame
         return generate(data.synth_rows, data.synth_fraud_rate, data.synth_seed)
     if path.startswith("builtin:"):
         raise DataError(f"{path}: unknown builtin dataset; the fraud app has {BUILTIN}")
-    return read_table(path, notes=notes)
+    return tidy_frame(read_table(path, notes=notes), data.missing_values, notes=notes)
 
 
 def find_columns(df: pl.DataFrame, source: str, data, with_label: bool = True) -> Columns:
@@ -39,13 +39,24 @@ def find_columns(df: pl.DataFrame, source: str, data, with_label: bool = True) -
     columns = detect_columns(
         df.schema if isinstance(df, pl.DataFrame) else table_schema(source, df), source,
         label=data.label_column if with_label else None, time=data.time_column, ids=data.id_columns,
-        categorical=data.categorical_columns, numeric=data.numeric_columns, exclude=data.exclude_columns,
+        categorical=data.categorical_columns, numeric=data.numeric_columns,
+        exclude=[*data.exclude_columns, *(data.group_columns or [])],  # group columns: reporting only
     )
+    if data.group_columns:
+        check_group_columns(df.columns if isinstance(df, pl.DataFrame) else table_schema(source, df).names(),
+                            data.group_columns, source)
     if with_label and columns.label is None:
         raise DataError(f"{source}: no label column found; set --data.label_column (columns: {', '.join(df.columns)})")
     if data.use_time_as_feature and columns.time and columns.time not in columns.numeric:
         columns.numeric.append(columns.time)
     return columns
+
+
+def check_group_columns(names: list[str], group_columns: list[str], source: str) -> None:
+    """DataError naming the group columns the table lacks."""
+    missing = [c for c in group_columns if c not in names]
+    if missing:
+        raise DataError(f"{source}: group column(s) not found: {', '.join(missing)} (columns: {', '.join(names)})")
 
 
 def targets(df: pl.DataFrame, label: str, source: str, positive: object = None) -> tuple[np.ndarray, object]:
@@ -62,6 +73,9 @@ def targets(df: pl.DataFrame, label: str, source: str, positive: object = None) 
         else:
             counts = column.value_counts()
             positive = counts.sort("count")[label][0]
+    elif len(values) > 2 or (len(values) == 2 and positive not in values):  # e.g. `>50K.` where fit saw `>50K`
+        raise DataError(f"{source}: label column {label!r} holds {', '.join(sorted(map(repr, values))[:5])}; "
+                        f"the model's positive value {positive!r} is not one of them")
     return (column == positive).cast(pl.Int64).to_numpy().copy(), positive
 
 

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 from deepapps.apps.finance.fraud.baselines import NAMES  # noqa: E402
-from deepapps.core.report.model_card import search_section, write_model_card  # noqa: E402
+from deepapps.core.report.fairness import fairness_plot, fairness_section  # noqa: E402
+from deepapps.core.report.model_card import privacy_section, search_section, write_model_card  # noqa: E402
 from deepapps.core.report.plots import training_curves  # noqa: E402
 from deepapps.core.runtime.io import atomic_write  # noqa: E402
 from deepapps.core.training.interface import FitRun  # noqa: E402
@@ -52,6 +53,9 @@ def write_fraud_report(run: FitRun) -> Path:
     ]
     importance = metrics["feature_importance"]
     plots.append(_importance_plot(importance, plots_dir / "feature_importance.png"))
+    fairness = metrics.get("fairness")
+    if fairness:
+        plots.append(fairness_plot(fairness["test"], plots_dir / "fairness_test.png", "Fairness by group (test)"))
     summary = built.datamodule.summary()
     card_metrics = {"val": _scalars(metrics["val"]), "test_torch": _scalars(metrics["test_torch"])}
     card_metrics |= {f"test: {k}": v for k, v in metrics["comparison_test"].items()}
@@ -70,6 +74,10 @@ def write_fraud_report(run: FitRun) -> Path:
         "plots": [str(p.relative_to(run_dir)) for p in plots if p],
         "onnx": "model.onnx",
         "sections": [("Feature importance (integrated gradients, test)", _importance_text(importance)),
+                     *([fairness_section(fairness, f"label {built.datamodule.spec.positive!r}",
+                                         built.datamodule.columns.features, metrics.get("fairness_thresholds"))]
+                       if fairness else []),
+                     *([privacy_section(run.post_fit.state["privacy"])] if run.post_fit.state.get("privacy") else []),
                      *([search_section(run.search)] if run.search else [])],
         "intended_use": (
             "Ranking card or payment transactions by fraud risk for review. The decision column flags rows whose "
@@ -106,7 +114,7 @@ def _importance_text(importance: dict) -> str:
     rows = "\n".join(f"| {name} | {v:.4f} | {v / total:.1%} |" for name, v in values.items())
     return (f"Mean absolute attribution of each column to the fraud log-odds over {importance['rows']} test rows, "
             "against a baseline row (training medians, nothing missing, most frequent categories). "
-            "Per-transaction attributions: `deepapps fraud explain --ckpt checkpoints/best.ckpt INPUT --out OUT.csv`.\n\n"
+            "Per-transaction attributions: `deepapps fraud explain --model model.onnx INPUT --out DIR` (Captum feature ablation or integrated gradients).\n\n"
             f"| column | mean abs attribution | share |\n|---|---|---|\n{rows}")
 
 

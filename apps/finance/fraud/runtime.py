@@ -13,10 +13,11 @@ import polars as pl
 
 from deepapps.apps.finance.fraud.config import TabularDataConfig
 from deepapps.apps.finance.fraud.features import (
-    LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, targets,
+    BUILTIN, LABELS, Encoded, FeatureSpec, check_columns, check_group_columns, encode, load_source, targets,
 )
+from deepapps.apps.finance.fraud.parquet import large_parquet, read_split
 from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
-from deepapps.apps.finance.fraud.tables import Columns, split_frame
+from deepapps.apps.finance.fraud.tables import Columns, split_frame, tidy_frame
 from deepapps.core.data.tables import scan_table, table_schema
 from deepapps.core.errors import DataError, DeepappsError
 from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
@@ -63,7 +64,7 @@ def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_siz
     spec = FeatureSpec.from_meta(model.contract.preprocess)
     threshold = model.contract.classification.threshold if threshold is None else threshold
     threshold = 0.5 if threshold is None else float(threshold)
-    names = table_schema(input).names()
+    names = tidy_frame(scan_table(input), numbers=False).collect_schema().names()
     extra = check_columns(names, spec, str(input))
     keep = [c for c in spec.ids if c in names] if keep is None else keep
     missing = [c for c in keep if c not in names]
@@ -89,6 +90,7 @@ def _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric
     from polars.io.plugins import register_io_source
 
     lf = scan_table(input, spec.numeric if string_numeric else ())
+    lf = tidy_frame(lf, missing_values(model), numbers=False)  # as fit read its table
     schema = table_schema(input, lf)
     columns = list(dict.fromkeys([*keep, *spec.numeric, *spec.categorical]))
     stats = {"rows": 0, "bad": 0, "flagged": 0, "unknown": {}, "first_error": None}
@@ -104,6 +106,11 @@ def _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric
     sink = getattr(register_io_source(scored, schema=out_schema), OUTPUTS[Path(out).suffix.lower()])
     atomic_write(out, lambda tmp: sink(tmp))
     return stats
+
+
+def missing_values(model: OnnxModel) -> list[str]:
+    """The text values fit read as missing (`data.missing_values`; `?` for models made before it)."""
+    return list(model.contract.train.data_config.get("missing_values", ["?"]))
 
 
 def _chunks(lf: pl.LazyFrame, parquet: bool, size: int) -> Iterator[pl.DataFrame]:
@@ -151,6 +158,44 @@ def _score_chunk(model, spec, chunk: pl.DataFrame, threshold: float, keep: list[
     return out
 
 
+def evaluated_rows(model: OnnxModel, data_path: str, split: str, group_columns: list[str] | None = None) -> pl.DataFrame:
+    """The rows of `split` of labelled data, read and split exactly as fit did; `all`: every row.
+
+    Args:
+        group_columns: columns that must be in the data too (DataError naming the missing ones).
+    """
+    contract = model.contract
+    spec = FeatureSpec.from_meta(contract.preprocess)
+    data = TabularDataConfig(**contract.train.data_config)
+    # a Parquet file above the streaming threshold (or a folder of them): only the split's rows are read
+    streamed = split != "all" and data_path != BUILTIN and (large_parquet(data_path)[0] or Path(data_path).is_dir())
+    df = (tidy_frame(pl.scan_parquet(data_path).head(0).collect(), data.missing_values, numbers=False) if streamed
+          else load_source(data_path, data))
+    if spec.label not in df.columns:
+        raise DataError(f"{data_path}: label column {spec.label!r} not found")
+    check_columns(df.columns, spec, data_path)
+    if group_columns:
+        check_group_columns(df.columns, group_columns, data_path)
+    columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
+    if data.split == "random" and contract.schema_version < 2 and group_columns is None:
+        print(f"warning: {model.path} was made by deepapps 0.1, whose random split differs; its {split} rows are "
+              "re-split by today's rule and may include rows it trained on", file=sys.stderr)
+    if split == "all":
+        part = df
+    elif streamed:
+        part = read_split(data_path, data, columns, split)
+        if part is None:
+            raise DeepappsError(f"--split {split}: choose all, train, val or test")
+    else:
+        frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
+        if split not in frames:
+            raise DeepappsError(f"--split {split}: choose all or one of {sorted(frames)}")
+        part = frames[split]
+    if part.height == 0:
+        raise DataError(f"{data_path}: the {split} split is empty (--split all scores every row)")
+    return part
+
+
 class FraudServing(Serving):
     """Streams tables of transactions (larger than memory) to an output table; one row per request item."""
 
@@ -183,24 +228,7 @@ class FraudServing(Serving):
         """Metrics of the ONNX model on `split` of the data, split exactly as in fit; `all`: every row."""
         contract = model.contract
         spec = FeatureSpec.from_meta(contract.preprocess)
-        data = TabularDataConfig(**contract.train.data_config)
-        df = load_source(data_path, data)
-        if spec.label not in df.columns:
-            raise DataError(f"{data_path}: label column {spec.label!r} not found")
-        check_columns(df.columns, spec, data_path)
-        columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
-        if data.split == "random" and contract.schema_version < 2:
-            print(f"warning: {model.path} was made by deepapps 0.1, whose random split differs; its {split} rows are "
-                  "re-split by today's rule and may include rows it trained on", file=sys.stderr)
-        if split == "all":
-            part = df
-        else:
-            frames = split_frame(df, columns, data.split, data.val_fraction, data.test_fraction, data.split_seed)
-            if split not in frames:
-                raise DeepappsError(f"--split {split}: choose all or one of {sorted(frames)}")
-            part = frames[split]
-        if part.height == 0:
-            raise DataError(f"{data_path}: the {split} split is empty (--split all scores every row)")
+        part = evaluated_rows(model, data_path, split)
         y, _ = targets(part, spec.label, data_path, spec.positive)
         enc = encode(part, spec)
         if enc.bad.any():
@@ -214,6 +242,11 @@ class FraudServing(Serving):
                                                    decision.get("cost_review", 5.0))
         metrics["unknown_categories"] = enc.unknown
         return ClassificationEvaluation(metrics, y, probs, LABELS, problem="binary")
+
+    def group_values(self, model: OnnxModel, data_path: str, split: str, columns: list[str]) -> dict[str, list]:
+        """The group columns of the rows `evaluate` scores (the same table, split and order)."""
+        part = evaluated_rows(model, data_path, split, columns)
+        return {c: part[c].to_list() for c in columns}
 
     def decode_item(self, model: OnnxModel, item: dict) -> Encoded:
         """One transaction as a JSON object of raw column values -> its model inputs (one row)."""

@@ -89,6 +89,60 @@ def split_frame(
     return {k: df[np.asarray(v, dtype=np.int64)] for k, v in parts.items()}
 
 
+def tidy_frame(frame: pl.DataFrame | pl.LazyFrame, missing: list[str] | tuple[str, ...] = ("?",),
+               numbers: bool = True, notes: list[str] | None = None) -> pl.DataFrame | pl.LazyFrame:
+    """A table as a new user's CSV export needs it: names and text values without surrounding
+    spaces, `missing` values (e.g. `?`) and empty texts read as missing, and (`numbers`, eager
+    frames only) text columns whose every value is a number read as numbers.
+
+    Args:
+        frame: a DataFrame (training, evaluate) or a LazyFrame (streaming predict; `numbers` is
+            ignored there: the features step reads numbers written as text).
+        missing: text values read as missing, compared after stripping.
+        notes: what was changed is appended to it (one line each).
+
+    Raises:
+        DataError: two columns whose names are equal once stripped.
+    """
+    lazy = isinstance(frame, pl.LazyFrame)
+    schema = frame.collect_schema() if lazy else frame.schema
+    names = list(schema.names())
+    stripped = [n.strip() for n in names]
+    if len(set(stripped)) < len(stripped):
+        twice = next(n for n in stripped if stripped.count(n) > 1)
+        raise DataError(f"two columns are named {twice!r} once surrounding spaces are removed")
+    frame = frame.rename({n: s for n, s in zip(names, stripped) if n != s})
+    text = [s for n, s in zip(names, stripped) if schema[n] == pl.String]
+    missing = [m.strip() for m in missing]
+    if text:
+        value = {c: pl.col(c).str.strip_chars() for c in text}
+        frame = frame.with_columns(
+            pl.when(value[c].is_in(missing) | (value[c] == "")).then(None).otherwise(value[c]).alias(c) for c in text)
+    if notes is not None and any(n != s for n, s in zip(names, stripped)):
+        notes.append("column names: surrounding spaces removed")
+    if lazy:
+        return frame
+    if notes is not None and text and missing:
+        read = {c: frame[c].null_count() for c in text if frame[c].null_count()}
+        if read:
+            notes.append(f"missing values ({', '.join(repr(m) for m in missing)} or empty): "
+                         + ", ".join(f"{c} {n}" for c, n in read.items()))
+    if numbers and text:
+        cast = {}
+        for c in text:
+            for dtype in (pl.Int64, pl.Float64):
+                converted = frame[c].cast(dtype, strict=False)
+                if converted.null_count() == frame[c].null_count():
+                    cast[c] = converted
+                    break
+        cast = {c: s for c, s in cast.items() if frame[c].null_count() < frame.height}  # not an all-empty column
+        if cast:
+            frame = frame.with_columns(list(cast.values()))
+            if notes is not None:
+                notes.append(f"numbers written as text read as numbers: {', '.join(cast)}")
+    return frame
+
+
 def _pick(value, candidates, lower, names, source, role, schema=None) -> str | None:
     if value is None or value == "none":
         return None
