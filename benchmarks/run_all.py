@@ -89,7 +89,7 @@ def int8_copy(app, training, cfg, built, src: Path, out: Path) -> tuple[Path | N
         return out, "not offered (dynamic timed)"
     cfg.int8_tolerance = 1e9
     result = export_int8(app, training, built, cfg, src, out)
-    return out, f"{method.method}: val {result.metric} {result.loss_points:+.2f} pts"
+    return out, f"{method.method}: val {result.metric} loss {result.loss_points:.2f} pts"
 
 
 def cold_start(app_name: str, model: Path, run_dir: Path, tmp: Path) -> float | None:
@@ -144,8 +144,8 @@ def row(name: str, app_name: str, run_dir: Path, args, tmp: Path) -> dict:
     except Exception as exc:  # a benchmark reports a failed copy and goes on
         print(f"{name}: int8 failed: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
         int8_path, note = src, "int8 failed (fp32 timed twice)"
-    fp32 = load_model(src, "cpu", app=app_name)
-    int8 = load_model(int8_path, "cpu", app=app_name)
+    fp32 = load_model(src, "cpu", app=app_name, session_config=NO_SPIN)
+    int8 = load_model(int8_path, "cpu", app=app_name, session_config=NO_SPIN)
     names = [i.name for i in built.inputs]
     example = built.example_inputs(64)
     large = LARGE[built.family]
@@ -169,6 +169,8 @@ def row(name: str, app_name: str, run_dir: Path, args, tmp: Path) -> dict:
     return out
 
 
+NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+"""ORT's threads otherwise spin after each call and take the cores from torch's next call (timed in turn)."""
 SERVE_BODIES = ("vision", "healthcare", "ecg", "nlp", "fraud", "forecast")
 
 
@@ -178,7 +180,7 @@ def versions() -> str:
 
     return (f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores), {platform.system()}; "
             f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op "
-            f"threads), onnxruntime {onnxruntime.__version__} (default intra-op threads = cores); "
+            f"threads), onnxruntime {onnxruntime.__version__} (intra-op threads = cores, spinning off); "
             f"load average at start {os.getloadavg()[0]:.1f}")
 
 
@@ -219,7 +221,7 @@ def main() -> None:
         for run_dir in map(Path, args.real):
             rows.append(row(f"vision {run_dir.name}", "vision", run_dir, args, Path(tmp)))
             rows[-1]["served_rps"] = served_throughput("vision", run_dir / "model.onnx", args.seconds)
-    print(f"ONNX Runtime provider: {', '.join(sorted({r['provider'] for r in rows}))}; "
+    print(f"ONNX Runtime {', '.join(sorted({r['provider'] for r in rows}))}; "
           f"median of {args.repeats} interleaved calls; tiny models: apps/*/configs/tiny.yaml")
     print(markdown(rows))
     if args.json:

@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import interleaved_median_ms, median_seconds
 
 SHARED_WEIGHTS = Path("/work/shared/weights")
+NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+"""ORT threads otherwise spin after a call and take the cores from torch's next call (timed in turn)."""
 
 
 def fit(backbone: str, data: str, run_dir: Path, epochs: int) -> Path:
@@ -88,7 +90,7 @@ def speed_only(backbone: str, data: str, methods: list[str], repeats: int) -> No
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "model.onnx"
         export_onnx(eager, (torch.from_numpy(images[:4]),), src, ["pixels"], meta)
-        fp32 = load_model(src, "cpu")
+        fp32 = load_model(src, "cpu", session_config=NO_SPIN)
         print(f"\n{backbone} @ 224 px (random init: no local weights, speed only; calibrated on {len(images)} "
               f"hymenoptera train images); {fp32.provider_note}")
         print("| calibration | ORT int8 b32 ms | int8/fp32 b32 | ORT int8 b1 ms | vs torch eager b1 |")
@@ -96,7 +98,7 @@ def speed_only(backbone: str, data: str, methods: list[str], repeats: int) -> No
         for method in methods:
             proto = quantize_proto(src, Int8Method(STATIC, backbone, calibration=method), equal_batches([images]))
             set_metadata(proto, read_metadata(src))
-            model = load_model(Path(tmp) / "q.onnx", "cpu", model_bytes=proto.SerializeToString())
+            model = load_model(Path(tmp) / "q.onnx", "cpu", session_config=NO_SPIN, model_bytes=proto.SerializeToString())
             big = interleaved_median_ms({"fp32": lambda: fp32.run({"pixels": b32}),
                                          "int8": lambda: model.run({"pixels": b32})}, repeats)
             one = interleaved_median_ms({"fp32": lambda: fp32.run({"pixels": b1}),
@@ -134,7 +136,7 @@ def main() -> None:
         run_dir = fit(backbone, args.data, Path(args.work) / backbone, args.epochs)
         src = run_dir / "model.onnx"
         calibration, built = calibration_inputs(run_dir)
-        fp32 = load_model(src, "cpu", app="vision")
+        fp32 = load_model(src, "cpu", app="vision", session_config=NO_SPIN)
         base = {s: evaluate(fp32, args.data, s).metrics for s in ("val", "test")}
         b32 = rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)
         b1 = b32[:1]
@@ -156,7 +158,8 @@ def main() -> None:
             proto = quantize_proto(src, Int8Method(STATIC, backbone, calibration=method), calibration)
             set_metadata(proto, read_metadata(src))
             with tempfile.TemporaryDirectory() as tmp:
-                model = load_model(Path(tmp) / "model.int8.onnx", "cpu", app="vision", model_bytes=proto.SerializeToString())
+                model = load_model(Path(tmp) / "model.int8.onnx", "cpu", app="vision", session_config=NO_SPIN,
+                                   model_bytes=proto.SerializeToString())
                 m = {s: evaluate(model, args.data, s).metrics for s in ("val", "test")}
                 big = interleaved_median_ms({"fp32": lambda: fp32.run({"pixels": b32}),
                                              "int8": lambda: model.run({"pixels": b32})}, args.repeats)

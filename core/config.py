@@ -195,6 +195,9 @@ def check_ranges(cfg, prefix: str = "--") -> None:
         value, name = getattr(cfg, f.name), prefix + f.name
         if is_dataclass(value):
             check_ranges(value, name + ".")
+        elif (isinstance(value, str) and value != "auto" and f.name != "devices"  # devices also takes "0,1"
+              and _numeric_or_auto(type(cfg), f.name)):
+            raise ConfigError(f"{name} {value}: expected a number or `auto`")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         elif f.name in AT_LEAST and value < AT_LEAST[f.name]:
@@ -203,3 +206,14 @@ def check_ranges(cfg, prefix: str = "--") -> None:
             raise ConfigError(f"{name} {value}: must be positive")
         elif f.name in SHARES and not 0 <= value < 1:
             raise ConfigError(f"{name} {value}: must be in [0, 1)")
+
+
+def _numeric_or_auto(cls: type, name: str) -> bool:
+    """Whether field `name` of dataclass `cls` takes a number or the word `auto` (`int | str`,
+    `float | str`), so any other text in it is a typo."""
+    import typing
+
+    hint = typing.get_type_hints(cls).get(name)
+    args = set(typing.get_args(hint)) or {hint}
+    return str in args and bool(args & {int, float})
+

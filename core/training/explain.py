@@ -51,6 +51,8 @@ class Explained:
         delta: integrated gradients' convergence delta (sum of attributions minus the
             difference of outputs at the input and at the baseline), else None.
         agrees_with_onnx: with --model, whether the ONNX file predicts `predicted` too.
+        onnx_max_abs_diff: with --model, the largest |ONNX - checkpoint| of the served outputs
+            (a disagreement with a tiny difference is a tie at the decision threshold).
         error: why the input could not be explained (then nothing else is set).
     """
 
@@ -61,6 +63,7 @@ class Explained:
     delta: float | None = None
     agrees_with_onnx: bool | None = None
     error: str | None = None
+    onnx_max_abs_diff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class ExplainSession:
     out: Path
     onnx: object | None = None  # core.runtime.session.OnnxModel with --model
     baseline: str = ""  # the app states the method's baseline in words, for the manifest
+    last_onnx_diff: float | None = None  # set by agrees_with_onnx, copied into the next record
 
     @property
     def labels(self) -> list[str]:
@@ -116,6 +120,7 @@ class ExplainSession:
         feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.onnx.input_names, inputs)}
         onnx_out = self.onnx.run(feeds)
         torch_out = served_output.detach().cpu().numpy()
+        self.last_onnx_diff = float(np.abs(np.asarray(onnx_out, np.float64) - torch_out).max())
         return bool(all(np.array_equal(np.asarray(decide(a)), np.asarray(decide(b)))
                         for a, b in zip(torch_out, onnx_out)))
 
@@ -197,6 +202,8 @@ def run_explain(app: AppSpec, argv: list[str], explainer: Explainer) -> int:
     records: list[Explained] = []
     print("input,predicted,target,delta,agrees_with_onnx,files,error")
     for record in explainer.explain(session, list(args.inputs)):
+        if record.agrees_with_onnx is not None and record.onnx_max_abs_diff is None:
+            record.onnx_max_abs_diff, session.last_onnx_diff = session.last_onnx_diff, None
         records.append(record)
         if record.error:
             print(f"error: {record.error}", file=sys.stderr)

@@ -146,7 +146,12 @@ def test_explain_writes_grad_cam_overlays(run, npz, tmp_path):
     assert "not an image" in lines[2]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "gradcam" and "layer3" in manifest["baseline"]
-    assert manifest["explained"] == 49 and manifest["failed"] == 1 and manifest["all_agree_with_onnx"] is True
+    assert manifest["explained"] == 49 and manifest["failed"] == 1
+    # the checkpoint and the ONNX file take the same decision, but for ties: the Youden threshold is
+    # one of the validation probabilities, so a float32 rounding can put that image on either side
+    done = [r for r in manifest["inputs"] if r["error"] is None]
+    assert all(r["agrees_with_onnx"] or r["onnx_max_abs_diff"] < 1e-5 for r in done)
+    assert sum(r["agrees_with_onnx"] for r in done) >= len(done) - 1
     assert_one_line_error(run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--target", "flu",
                                   "--out", str(out), str(png)), "--target flu")
     assert_one_line_error(run_cli("explain", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--layer", "nope",

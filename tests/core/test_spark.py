@@ -67,6 +67,19 @@ def local_predict(app: str, model: Path, folder: Path, *inputs: str) -> pl.DataF
     return pl.read_parquet(out)
 
 
+def assert_same_classes(remote: list[dict], local: pl.DataFrame) -> None:
+    """Spark's predictions equal local predict's rows: labels, and each class probability (`p_<label>`
+    columns) or the top one (`probability`)."""
+    assert [p["label"] for p in remote] == local["label"].to_list()
+    names = list(remote[0]["probabilities"])
+    if all(f"p_{n}" in local.columns for n in names):
+        for n in names:
+            assert np.allclose([p["probabilities"][n] for p in remote], local[f"p_{n}"].to_list(), atol=2e-6), n
+    else:
+        assert np.allclose([max(p["probabilities"].values()) for p in remote], local["probability"].to_list(),
+                           atol=2e-6)
+
+
 @pytest.mark.parametrize("name", ["vision", "healthcare"])
 def test_image_models_on_spark_equal_local_predict(spark, app_models, image_folder, name, tmp_path):
     paths = sorted(image_folder.rglob("*.png"))[::3]
@@ -76,8 +89,7 @@ def test_image_models_on_spark_equal_local_predict(spark, app_models, image_fold
     assert "image" in error_of(scored, 999)
     local = local_predict(name, app_models[name], tmp_path, *map(str, paths))
     remote = predictions(scored)
-    assert [p["label"] for p in remote] == local["label"].to_list()
-    assert np.allclose([max(p["probabilities"].values()) for p in remote], local["probability"].to_list(), atol=2e-6)
+    assert_same_classes(remote, local)
 
 
 def test_ecg_model_on_spark_equals_local_predict(spark, app_models, tmp_path):
@@ -92,8 +104,7 @@ def test_ecg_model_on_spark_equals_local_predict(spark, app_models, tmp_path):
     assert "signal" in error_of(scored, 999)
     local = local_predict("healthcare", app_models["ecg"], tmp_path, str(tmp_path / "signals.csv"))
     remote = predictions(scored)
-    assert [p["label"] for p in remote] == local["label"].to_list()
-    assert np.allclose([max(p["probabilities"].values()) for p in remote], local["probability"].to_list(), atol=2e-6)
+    assert_same_classes(remote, local)
 
 
 def test_nlp_model_on_spark_equals_local_predict(spark, app_models, tmp_path):
@@ -104,8 +115,7 @@ def test_nlp_model_on_spark_equals_local_predict(spark, app_models, tmp_path):
     assert "empty" in error_of(scored, 999)
     local = local_predict("nlp", app_models["nlp"], tmp_path, str(tmp_path / "texts.txt"))
     remote = predictions(scored)
-    assert [p["label"] for p in remote] == local["label"].to_list()
-    assert np.allclose([p["probability"] for p in remote], local["probability"].to_list(), atol=2e-6)
+    assert_same_classes(remote, local)
 
 
 def test_fraud_model_on_spark_equals_local_predict(spark, app_models, tmp_path):

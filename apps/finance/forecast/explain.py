@@ -153,7 +153,8 @@ def _agrees(session: ExplainSession, inputs: tuple, out: torch.Tensor) -> bool |
     feeds = {n: t.numpy() for n, t in zip(session.onnx.input_names, inputs)}
     onnx_out, torch_out = session.onnx.run(feeds), out.numpy()
     scale = max(1.0, float(np.abs(torch_out).max()))
-    return bool(np.abs(onnx_out - torch_out).max() <= 1e-4 * scale)
+    session.last_onnx_diff = float(np.abs(onnx_out - torch_out).max())
+    return bool(session.last_onnx_diff <= 1e-4 * scale)
 
 
 def heatmap(attribution: np.ndarray, channels: list[str], title: str):

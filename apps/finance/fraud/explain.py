@@ -181,6 +181,7 @@ def explain(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
         odds = np.full(rows.height, np.nan, np.float32)
         deltas = np.full(rows.height, np.nan, np.float32)
         agrees = np.zeros(rows.height, bool)
+        diffs = np.full(rows.height, np.nan)
         for i in range(0, len(ok), 256):
             idx = ok[i:i + 256]
             if session.method == "integrated_gradients":
@@ -193,8 +194,11 @@ def explain(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
                      *([torch.from_numpy(enc.categorical[idx])] if spec.categorical else []))
             with torch.no_grad():
                 probs = served(*graph)
-            agrees[idx] = [session.agrees_with_onnx(tuple(g[j:j + 1] for g in graph), probs[j:j + 1], decide_label)
-                           is not False for j in range(len(idx))]
+            for j, row in enumerate(idx):
+                agrees[row] = session.agrees_with_onnx(tuple(g[j:j + 1] for g in graph), probs[j:j + 1],
+                                                       decide_label) is not False
+                diffs[row] = np.nan if session.last_onnx_diff is None else session.last_onnx_diff
+            session.last_onnx_diff = None
         score = 1 / (1 + np.exp(-odds.astype(np.float64)))  # softmax over two logits = sigmoid of their difference
         top = [None if np.isnan(a).all() else "; ".join(f"{columns[j]} {a[j]:+.3f}"
                                                           for j in np.argsort(-np.abs(a))[:args.top]) for a in attr]
@@ -223,7 +227,8 @@ def explain(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
                                                bar_chart(columns, attr[r], label, 12)))
             predicted = "fraud" if score[r] >= (0.5 if threshold is None else float(threshold)) else "normal"
             yield Explained(name, predicted, "fraud", files, None if np.isnan(deltas[r]) else float(deltas[r]),
-                            None if session.onnx is None else bool(agrees[r]))
+                            None if session.onnx is None else bool(agrees[r]),
+                            onnx_max_abs_diff=None if np.isnan(diffs[r]) else float(diffs[r]))
     if tables:
         session.write_csv("attributions.csv", pl.concat(tables, how="diagonal_relaxed"))
         pooled = np.concatenate(every) if every else np.zeros((0, len(columns)))
