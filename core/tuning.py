@@ -247,7 +247,10 @@ def _all_fields(cls: type, prefix: str = "") -> list[str]:
 def _accepts(hint, value) -> bool:
     """Whether a config field of type `hint` takes `value` (scalars only: lists are not searched)."""
     if get_origin(hint) in (Union, types.UnionType):
-        return any(_accepts(arg, value) for arg in get_args(hint))
+        args = get_args(hint)
+        if isinstance(value, str) and str in args and ({int, float} & set(args)):
+            return value == "auto"  # a number-or-`auto` field takes no other word
+        return any(_accepts(arg, value) for arg in args)
     if hint is type(None):
         return value is None
     if hint is bool:

@@ -250,10 +250,13 @@ def test_quantize_command_writes_int8_and_its_accuracy_change(run, tmp_path, cap
 def test_export_int8_writes_the_measured_int8_copy_beside_the_export(run, tmp_path, capsys):
     out = tmp_path / "exported.onnx"
     ckpt = run["dir"] / "checkpoints" / "best.ckpt"
-    assert main(["nlp", "export", "--ckpt", str(ckpt), "--out", str(out), "--int8"]) == 0
+    # 72 validation rows: one flipped text is ~1.4 points, so the gate is widened for the tiny model
+    assert main(["nlp", "export", "--ckpt", str(ckpt), "--out", str(out), "--int8", "--int8_tolerance", "3"]) == 0
     assert capsys.readouterr().out.strip().endswith("exported.onnx")
     int8 = tmp_path / "exported.int8.onnx"
-    summary = json.loads((tmp_path / "exported.int8.json").read_text())
-    assert summary["n"] == 72 and summary["split"] == "test"  # the same carve fit held out
-    assert summary["change"]["accuracy"] == pytest.approx(summary["int8"]["accuracy"] - summary["fp32"]["accuracy"])
-    assert load_model(int8, "cpu", app="nlp").meta["export"]["precision"].startswith("int8")
+    meta = load_model(int8, "cpu", app="nlp").meta["export"]
+    assert meta["precision"].startswith("int8 (dynamic")
+    record = meta["int8"]  # measured on the validation carve against the fp32 parent, in the file itself
+    assert record["metric"] == "macro_f1"  # the app's monitor (val/macro_f1), scored on the validation carve
+    assert record["loss_points"] == pytest.approx(100 * (record["fp32"] - record["int8"]), abs=1e-3)
+    assert record["loss_points"] <= 3
