@@ -81,8 +81,8 @@ def main() -> None:
         rows.append((name, case["metric"], test_metric(default_dir, case["metric"]),
                      test_metric(tune_dir / "refit", case["metric"]), fit_s, tune_s, summary))
     print()
-    print(f"| case | metric | default test (val) | tuned test (val) | trials (complete/pruned/failed) | "
-          f"default fit s | tune + refit s |")
+    print("| case | metric | default test (val) | tuned test (val) | trials (complete/pruned/failed) | "
+          "default fit s | tune + refit s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, metric, (d_test, d_val), (t_test, t_val), fit_s, tune_s, summary in rows:
         states = summary["states"]

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 
 from deepapps.apps.healthcare.signals import SignalRow, SignalSettings, open_signal_source, read_signal_rows, signal_error
-from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
+from deepapps.core.errors import DataError
+from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head, split_indices
 from deepapps.core.runtime.interface import Predictions
 from deepapps.core.runtime.session import OnnxModel
 
@@ -89,14 +89,7 @@ def evaluate(model: OnnxModel, data_path: str, split: str = "test", batch_size: 
     source = open_signal_source(data_path, settings, contract.preprocess.get("label_values"), model.labels)
     if source.length != signal_length(model):
         raise DataError(f"{data_path}: {source.length} samples per signal, the model takes {signal_length(model)}")
-    if split == "all":
-        indices = np.arange(len(source.targets))
-    elif split in source.splits:
-        indices = source.splits[split]
-    else:
-        raise DeepappsError(f"--split {split}: choose all or one of {sorted(source.splits)}")
-    if not len(indices):
-        raise DataError(f"{data_path}: the {split} split is empty (--split all scores every signal)")
+    indices = split_indices(source.splits, len(source.targets), split, data_path, "signal")
     probs = score_signals(model, source.signals[indices], batch_size)
     targets = source.targets[indices]
     metrics = evaluation_head(split, data_path, len(indices)) | classification_metrics(

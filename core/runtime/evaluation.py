@@ -88,3 +88,24 @@ def with_choice(metrics: dict, chosen: str) -> dict:
         if key == "split":
             out["split_chosen"] = chosen
     return out if "split" in metrics else {"split_chosen": chosen} | metrics
+
+
+def split_indices(splits: dict[str, np.ndarray], n: int, split: str, data_path: str, items: str) -> np.ndarray:
+    """The item indices `evaluate --split` scores: every one of the `n` items for `all`, else the
+    split as fit carved it.
+
+    Raises:
+        DeepappsError: a split the data does not have. DataError: the split is empty.
+    """
+    from deepapps.core.errors import DataError, DeepappsError
+
+    if split == "all":
+        indices = np.arange(n)
+    elif split in splits:
+        indices = splits[split]
+    else:
+        raise DeepappsError(f"--split {split}: choose all or one of {sorted(splits)}")
+    if not len(indices):
+        raise DataError(f"{data_path}: the {split} split is empty (the data is too small to carve it; "
+                        f"--split all scores every {items})")
+    return indices

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from deepapps.core.errors import DataError, DeepappsError
-from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head
+from deepapps.core.errors import DataError
+from deepapps.core.runtime.evaluation import ClassificationEvaluation, evaluation_head, split_indices
 from deepapps.core.runtime.images import ImageSpec, decode_image, list_images, open_image, to_model_input
 from deepapps.core.runtime.interface import Predictions, Serving, positive_int
 from deepapps.core.runtime.session import OnnxModel
@@ -145,15 +145,7 @@ def evaluate(
                               label_column=data_cfg.get("label_column", "label"), strict=False)
     source = open_source(data_path)
     all_targets = model_targets(source.labels, source.targets, model.labels, data_path)
-    if split == "all":
-        indices = np.arange(len(source.refs))
-    elif split in source.splits:
-        indices = source.splits[split]
-    else:
-        raise DeepappsError(f"--split {split}: choose all or one of {sorted(source.splits)}")
-    if not len(indices):
-        raise DataError(f"{data_path}: the {split} split is empty (the data is too small to carve it; "
-                        "--split all scores every image)")
+    indices = split_indices(source.splits, len(source.refs), split, data_path, "image")
     spec = ImageSpec.from_meta(model.contract.preprocess)
     images = [to_model_input(source.load(int(i)), spec) for i in indices]
     probs = score_images(model, images, batch_size)
