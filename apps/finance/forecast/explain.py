@@ -71,7 +71,7 @@ def latest_inputs(frame: pl.DataFrame, source: str, pre: dict, kind, sid: str) -
 
 def explain(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
     from captum.attr import IntegratedGradients
-    from deepapps.apps.finance.forecast.series import read_frame
+    from deepapps.apps.finance.forecast.runtime import series_parts
 
     args, shipped = session.args, session.shipped
     if args.steps < 1:
@@ -88,15 +88,7 @@ def explain(session: ExplainSession, inputs: list[str]) -> Iterable[Explained]:
     cov_mean = torch.tensor(pre["covariate_mean"], dtype=torch.float32) if covariates else None
     median = kind.quantiles.index(0.5)
     history = inputs[0]
-    df = read_frame(history)
-    id_col = pre["id_column"]
-    for column in [pre["timestamp"], *kind.targets, *covariates, *([id_col] if id_col else [])]:
-        if column not in df.columns:
-            raise DataError(f"{history}: no column {column!r} (the model needs {', '.join(kind.targets)})")
-    ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
-    parts = {key[0]: part.drop("__sid") for key, part in
-             df.with_columns(ids.alias("__sid")).partition_by("__sid", maintain_order=True, as_dict=True).items()}
-    wanted = [s.strip() for s in args.series.split(",")] if args.series else list(parts)
+    parts, wanted = series_parts(history, pre, list(kind.targets), args.series)
 
     def graph(history_, calendar_, covariates_):
         extra = {"calendar": calendar_, "covariates": covariates_}

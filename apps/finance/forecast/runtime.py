@@ -114,6 +114,25 @@ def split_windows(model: OnnxModel, data_path: str, split: str = "test") -> Spli
                         train, mean, std, table, ranges)
 
 
+def series_parts(history: str, pre: dict, targets: list[str], series: str | None) -> tuple[dict, list[str]]:
+    """({series id: its rows}, the ids asked for) of a history file (`--series a,b`: those only).
+
+    Raises:
+        DataError: a column the model needs is missing (one line naming the file).
+    """
+    df = read_frame(history)
+    id_col, covariates = pre["id_column"], pre.get("covariates") or []
+    needed = [pre["timestamp"], *targets, *covariates]
+    for column in [*needed, *([id_col] if id_col else [])]:
+        if column not in df.columns:
+            raise DataError(f"{history}: no column {column!r} (the model needs {', '.join(needed)})")
+    ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
+    parts = {key[0]: part.drop("__sid") for key, part in
+             df.with_columns(ids.alias("__sid")).partition_by("__sid", maintain_order=True, as_dict=True).items()}
+    wanted = [s.strip() for s in series.split(",")] if series else list(parts)
+    return parts, wanted
+
+
 def point_metrics(pred: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray) -> dict:
     """mse, mae (z-scale), mase, smape (raw scale, percent) of point forecasts (N, H, C)."""
     z_err = (pred - y) / std
@@ -211,16 +230,8 @@ class ForecastServing(Serving):
         if not freq:
             raise DeepappsError(f"{model.path}: the model does not record its data frequency")
         history = args.inputs[0]
-        df = read_frame(history)
         id_col, covariates, calendar = pre["id_column"], pre.get("covariates") or [], pre.get("calendar") or []
-        needed = [pre["timestamp"], *targets, *covariates]
-        for column in [*needed, *([id_col] if id_col else [])]:
-            if column not in df.columns:
-                raise DataError(f"{history}: no column {column!r} (the model needs {', '.join(needed)})")
-        ids = df[id_col].cast(pl.String) if id_col else pl.Series([""] * df.height)
-        parts = {key[0]: part.drop("__sid") for key, part in
-                 df.with_columns(ids.alias("__sid")).partition_by("__sid", maintain_order=True, as_dict=True).items()}
-        wanted = [s.strip() for s in args.series.split(",")] if args.series else list(parts)
+        parts, wanted = series_parts(history, pre, targets, args.series)
         rows, ok_ids, histories, futures, filled, cals, covs = [], [], [], [], [], [], []
         for sid in wanted:
             try:
