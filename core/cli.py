@@ -405,37 +405,31 @@ def _display(text: str) -> str:
     return display(text)
 
 
-def _remote_fit_paths(cfg, run_dir: bool = True) -> bool:
+def _remote_fit_paths(cfg, run_dir: bool = True) -> str | None:
     """Fit from and into URLs: a remote `--data.path` is fetched into the local cache (a file or a
     folder); with `run_dir`, a remote `--run_dir` is swapped for a local staging folder that
-    `_upload_run` uploads when the fit ends. Returns whether `--run_dir` is remote (its URL is kept
-    in `cfg._run_url`)."""
+    `_upload_run` uploads when the fit ends. Returns the `--run_dir` URL, None when it is local."""
     from deepapps.core.runtime import remote
 
     data = getattr(cfg, "data", None)
     if data is not None and remote.is_remote(getattr(data, "path", None)):
         data.path = remote.localize(data.path)
     if not remote.is_remote(cfg.run_dir):
-        return False
+        return None
+    url = str(cfg.run_dir).rstrip("/")
     if not run_dir:
-        return True
+        return url
     if cfg.resume:
         raise ConfigError(f"--run_dir {cfg.run_dir}: --resume needs the run in a local folder; download it first")
     import tempfile
 
-    url = str(cfg.run_dir).rstrip("/")
     cfg.run_dir = str(Path(tempfile.mkdtemp(prefix="deepapps-run-")) / url.rsplit("/", 1)[-1])
-    _REMOTE_RUNS[cfg.run_dir] = url
-    return True
+    return url
 
 
-_REMOTE_RUNS: dict[str, str] = {}  # local staging folder -> the --run_dir URL it is uploaded to
-
-
-def _upload_run(run_dir: Path, run_url: bool) -> str:
+def _upload_run(run_dir: Path, url: str | None) -> str:
     """The run folder to print: itself, or (remote --run_dir) the URL its files were uploaded to.
     The staging folder is removed once every file is uploaded (kept when an upload fails)."""
-    url = _REMOTE_RUNS.pop(str(run_dir), None) if run_url else None
     if url is None:
         return str(run_dir)
     import shutil
