@@ -592,6 +592,9 @@ def tune(app: AppSpec, cfg, config: dict, options: TuneConfig) -> Search:
         ConfigError: bad options, space or storage (before any trial), or no trial completed.
     """
     _check_options(options, cfg)
+    if epsilon := trial_epsilon(config):
+        log.warning("each trial trains with DP-SGD at epsilon %s on the same data: the search as a whole spends more "
+                    "than one trial's budget (the model card says so)", epsilon)
     space_path = Path(options.space) if options.space else app.configs_dir / "search_space.yaml"
     where = f"--tune.space {space_path}"
     space = read_space(space_path, app.load_config_class(), app.name)
@@ -668,6 +671,8 @@ def finish(app: AppSpec, study, cfg, config: dict, space: list[Dimension], optio
                      for t in trials if t.state == TrialState.FAIL and counts_toward_target(t)][:10],
         "tune_dir": str(tune_dir), "trials_csv": str(tune_dir / "trials.csv"),
     }
+    if epsilon := trial_epsilon(config):
+        summary["privacy"] = {"epsilon_per_trial": epsilon, "trials_trained": summary["trials"]}
     best_yaml = None
     if complete:
         best = study.best_trial
@@ -684,6 +689,12 @@ def finish(app: AppSpec, study, cfg, config: dict, space: list[Dimension], optio
         why = f"; trial {failures[0]['trial']}: {failures[0]['reason']}" if failures else ""
         raise ConfigError(f"deepapps {app.name} tune: no trial completed in {tune_dir}{why}")
     return Search(tune_dir, best_yaml, summary)
+
+
+def trial_epsilon(config: dict) -> float | None:
+    """The DP-SGD epsilon every trial trains at (`privacy.epsilon` of the fit config), or None."""
+    privacy = config.get("privacy") if isinstance(config.get("privacy"), dict) else {}
+    return privacy.get("epsilon")
 
 
 def _check_options(options: TuneConfig, cfg) -> None:

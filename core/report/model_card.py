@@ -111,6 +111,16 @@ def search_section(search: dict) -> tuple[str, str]:
         f"Study `{search.get('study')}` in `{search.get('storage')}`; trials in `{search.get('trials_csv', 'trials.csv')}`.",
         "",
     ]
+    if privacy := search.get("privacy"):
+        lines += [
+            f"**Privacy of the search:** each of the {privacy.get('trials_trained')} trials trained with DP-SGD at "
+            f"epsilon {privacy.get('epsilon_per_trial')} on the same training data, and the best was chosen by a "
+            "validation metric. The guarantee in the Differential privacy section covers one training run; the "
+            "search as a whole spends more (budgets compose over trials, and the choice of the best trial leaks "
+            "too: Papernot & Steinke, ICLR 2022). Hold the epsilon of the whole search, not of one trial, against "
+            "the data owner's budget.",
+            "",
+        ]
     best_params = search.get("best_params") or {}
     rows = [[f"`{name}`", _fmt_space(spec), _fmt_value(best_params.get(name))]
             for name, spec in (search.get("space") or {}).items()]

@@ -267,3 +267,14 @@ def test_refit_writes_a_run_that_evaluate_scores(tmp_path, fast, bert, capsys):
                             "--tune.space", str(space), "--run_dir", str(tune_dir), "--tune.refit"],
                    "holds a finished refit")
     assert trials_table(tune_dir).height == 2
+
+
+def test_a_private_search_says_its_budget_is_per_trial(tmp_path, fast, bert):
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}})
+    tune_dir = tmp_path / "tune"
+    assert main(["fraud", "tune", *app_args("fraud", fast, bert), "--privacy.epsilon", "4", "--baselines", "false",
+                 "--tune.trials", "2", "--tune.space", str(space), "--run_dir", str(tune_dir), "--tune.refit"]) == 0
+    search = json.loads((tune_dir / "refit" / "metrics.json").read_text())["search"]
+    assert search["privacy"] == {"epsilon_per_trial": 4.0, "trials_trained": 2}
+    card = (tune_dir / "refit" / "model_card.md").read_text()
+    assert "**Privacy of the search:** each of the 2 trials trained with DP-SGD at epsilon 4.0" in card

@@ -34,10 +34,13 @@ class SeriesDataConfig:
     """Sampling interval as a polars duration (`1h`, `15m`, `1d`, `1w`, `1mo`); null infers it."""
     fill: str = "linear"
     """How missing steps and values are filled: `linear`, `ffill`, `zero`, or `none` (refuse)."""
-    look_back: int = 104
-    """Look-back window L (time steps fed to the model)."""
-    horizon: int = 52
-    """Forecast horizon H (time steps predicted at once)."""
+    look_back: int | str = "auto"
+    """Look-back window L (time steps fed to the model); `auto`: two of the frequency's longest natural cycles
+    (hourly: two weeks, 336; weekly: two years, 104), within 720 steps and half the training part
+    (apps/finance/forecast/auto.py)."""
+    horizon: int | str = "auto"
+    """Forecast horizon H (time steps predicted at once); `auto`: one shortest natural cycle of the frequency
+    (hourly 24, daily 7, weekly 52, monthly 12)."""
     split: str = "fractions"
     """`ett` (12/4/4 months of 30 days: the ETT protocol) or `fractions` (val/test fractions)."""
     val_fraction: float = 0.1

@@ -7,6 +7,7 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from deepapps.apps.finance.forecast.auto import check_geometry, resolve_geometry
 from deepapps.apps.finance.forecast.config import SeriesDataConfig
 from deepapps.apps.finance.forecast.series import (
     SeriesTable, calendar_features, load_table, season_length, split_ranges, training_statistics, window_starts,
@@ -39,7 +40,11 @@ class WindowDataset(Dataset):
 
 
 class SeriesDataModule(L.LightningDataModule):
-    """Reads the table once; z-score statistics come from the training part of every series."""
+    """Reads the table once; z-score statistics come from the training part of every series.
+
+    An `auto` look_back or horizon is resolved from the frequency (forecast.auto) into `cfg`;
+    the choices are in `auto_choices`.
+    """
 
     def __init__(self, cfg: SeriesDataConfig):
         super().__init__()
@@ -50,6 +55,11 @@ class SeriesDataModule(L.LightningDataModule):
             split_ranges(len(s.values), cfg.split, self.table.freq, cfg.val_fraction, cfg.test_fraction)
             for s in self.table.series
         ]
+        self.auto_choices = resolve_geometry(cfg.look_back, cfg.horizon, self.table.freq,
+                                             min(r["train"][1] - r["train"][0] for r in self.ranges))
+        for choice in self.auto_choices:
+            setattr(cfg, choice.field.split(".")[1], choice.value)
+        check_geometry(cfg.look_back, cfg.horizon)
         _, self.mean, self.std = training_statistics([s.values for s in self.table.series], self.ranges)  # (C,)
         self.normalized = [torch.from_numpy(((s.values - self.mean) / self.std).astype(np.float32)) for s in self.table.series]
         self.calendar = ([torch.from_numpy(calendar_features(s.timestamps, cfg.calendar, cfg.holidays)) for s in self.table.series]

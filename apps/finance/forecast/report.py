@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepapps.core.report.model_card import _config_section, _export_section, _table, search_section
+from deepapps.core.report.model_card import _config_section, _export_section, _table, auto_section, search_section
 from deepapps.core.report.plots import _epoch_series, _plot_series, _save, plt
 from deepapps.core.runtime.io import write_text
 from deepapps.core.training.interface import FitRun
@@ -63,6 +63,13 @@ def backtest_table(test: dict) -> str:
     return _table(["forecaster", "MSE (z)", "MAE (z)", "MASE", "sMAPE %"], rows)
 
 
+def _auto_lines(choices: list[dict]) -> list[str]:
+    if not choices:
+        return []
+    heading, body = auto_section(choices)
+    return [f"## {heading}", "", body, ""]
+
+
 def write_forecast_report(run: FitRun) -> Path:
     run_dir, app, built, cfg, metrics, evaluation = run.run_dir, run.app, run.built, run.cfg, run.metrics, run.evaluation
     plots_dir = run_dir / "plots"
@@ -104,6 +111,7 @@ def write_forecast_report(run: FitRun) -> Path:
         f"validation MSE {metrics['val'].get('mse', float('nan')):.4f}.",
         "",
         *_calibration_lines(metrics),
+        *_auto_lines(built.auto_choices),
         *_search_lines(run.search),
         "## Plots",
         "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepapps.apps.finance.forecast.auto import check_geometry
 from deepapps.apps.finance.forecast.config import ForecastFitConfig
 from deepapps.apps.finance.forecast.data import SeriesDataModule
 from deepapps.apps.finance.forecast.models import create_forecaster
@@ -19,6 +20,7 @@ from deepapps.apps.finance.forecast.models.forecaster import ServedForecaster
 from deepapps.apps.finance.forecast.module import ForecastModule, apply_interval_scale, fit_interval_scale
 from deepapps.core.contract import Forecast, TensorSpec
 from deepapps.core.errors import ConfigError
+from deepapps.core.training.auto import announce
 from deepapps.core.training.interface import Built, FitRun, PostFit, Saved, Served, Training
 from deepapps.core.training.quantize import Int8Method
 
@@ -45,9 +47,10 @@ class ForecastTraining(Training):
         d, m = cfg.data, cfg.model
         if 0.5 not in m.quantiles or sorted(m.quantiles) != list(m.quantiles) or not all(0 < q < 1 for q in m.quantiles):
             raise ConfigError(f"--model.quantiles {m.quantiles}: need increasing levels in (0, 1) including 0.5")
-        if d.look_back < 2 or d.horizon < 1:
-            raise ConfigError(f"--data.look_back {d.look_back} / --data.horizon {d.horizon}: need L >= 2 and H >= 1")
         dm = SeriesDataModule(d) if with_data else None
+        if dm is not None:
+            announce(dm.auto_choices)
+        check_geometry(d.look_back, d.horizon)
         covariates, calendar = list(d.covariates), list(d.calendar)
         if saved is not None:
             kind, stats = saved.kind, {k: saved.preprocess.get(k) for k in STATISTICS}
@@ -92,6 +95,7 @@ class ForecastTraining(Training):
             net=net, datamodule=dm, kind=kind, inputs=inputs, outputs=[TensorSpec(OUTPUT_NAME, "float32")],
             preprocess=preprocess, weights="random initialisation", family=FAMILY, dummy_inputs=dummy_inputs,
             backbone=m.name, parity_tolerance=1e-5 * scale,
+            auto_choices=[c.to_dict() for c in dm.auto_choices] if dm is not None else [],
         )
 
     def module(self, built: Built, cfg: ForecastFitConfig) -> ForecastModule:
