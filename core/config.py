@@ -50,6 +50,11 @@ class ImageDataConfig:
     """Manifest column holding image paths (relative to the manifest's folder)."""
     label_column: str = "label"
     """Manifest column holding labels; `a|b` marks several labels (multi-label)."""
+    group_columns: list[str] | None = None
+    """Sensitive attributes, columns of a .csv/.parquet manifest (e.g. `[sex]`): fairness by group of
+    the val and test images in metrics.json and the model card (binary labels only). Reporting only:
+    never a model input, and not the split grouping (healthcare's `patient_column` keeps a patient
+    in one split)."""
 
 
 @dataclass
@@ -68,6 +73,10 @@ class ModelConfig:
     `auto` (image apps): 2 below 1,000 training images, 1 below 10,000, else 0."""
     unfreeze_lr_ratio: float = 0.1
     """Backbone learning rate at unfreezing, as a share of the head's."""
+    head_init: str = "auto"
+    """`probe`: start the new head at a logistic regression fitted on the frozen pretrained features
+    of the training images (LP-FT; core/training/probe_init.py), `random`: timm's initialisation;
+    `auto` (image apps): `probe` when a pretrained backbone starts frozen (small photo sets), else `random`."""
 
 
 @dataclass
@@ -102,6 +111,19 @@ class TrainerConfig:
     """Devices to use; with several, set `strategy: ddp`."""
     strategy: str = "auto"
     """`auto`, `ddp`, `ddp_spawn`, ..."""
+    num_nodes: int = 1
+    """Machines of a multi-node DDP run, each running `devices` processes."""
+    spark_processes: int = 0
+    """0 trains in this process; N trains on Spark: pyspark's TorchDistributor runs this same fit in
+    N processes, DDP over them (gloo on CPU; NCCL with `accelerator: gpu`), rank 0 writes the run
+    folder (core/training/spark_fit.py; needs `pip install 'deepapps[spark]'`)."""
+    spark_local_mode: bool = True
+    """With spark_processes: true runs the N processes on the Spark driver; false runs them on the
+    executors, one barrier task each (data.path and run_dir must then be readable and writable from
+    every executor: s3://, gs://, hdfs:// or a shared folder)."""
+    spark_master: str | None = None
+    """With spark_processes: the Spark master; null takes the active session's (spark-submit,
+    a notebook), else local[N]."""
     precision: str = "auto"
     """`auto` (bf16-mixed on a GPU that supports it, else 32-true) or any Lightning precision."""
     patience: int = 5
@@ -181,6 +203,7 @@ AT_LEAST = {
     "batch_size": 1, "max_epochs": 1, "accumulate_grad_batches": 1, "log_every_n_steps": 1, "patience": 0,
     "num_workers": 0, "freeze_epochs": 0, "max_length": 2, "image_size": 8, "look_back": 2, "horizon": 1,
     "max_train_rows": 1, "synth_rows": 10, "gan_steps": 1, "width": 1, "hidden_size": 1, "top_k": 1,
+    "num_nodes": 1, "spark_processes": 0,
 }
 POSITIVE = ("lr", "epsilon", "delta", "max_grad_norm")
 SHARES = ("val_fraction", "test_fraction", "warmup_fraction", "drop_rate", "dropout", "label_smoothing")

@@ -13,6 +13,12 @@ and returns, per attribute, the figures of each group and the disparities betwee
 
 Everything is computed by fairlearn's MetricFrame and fairlearn.metrics; missing group values
 form their own group, `(missing)`.
+
+Fit-time glue shared by the apps: `fit_fairness` (metrics.json's `fairness` and
+`fairness_thresholds` from the val and test evaluations and their group values) and
+`served_fairness` (the same from an app's Serving: the ONNX model's val evaluation and
+`Serving.group_values`; `run_fairness` of a fit's model.onnx), `check_group_columns` (a missing
+column, one line).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from deepapps.core.runtime.evaluation import ClassificationEvaluation, Evaluatio
 
 if TYPE_CHECKING:
     from deepapps.core.contract import Classification
+    from deepapps.core.runtime.interface import Serving
+    from deepapps.core.runtime.session import OnnxModel
+    from deepapps.core.training.interface import FitRun
 
 MISSING = "(missing)"
 #: the per-group figures, in the order tables and plots show them
@@ -161,6 +170,81 @@ def tpr_parity_thresholds(fit: tuple[np.ndarray, np.ndarray, np.ndarray | list],
     before = (np.asarray(s, np.float64) >= threshold).astype(np.int64)
     return {"constraint": "true_positive_rate_parity", "objective": "balanced_accuracy_score", "seed": seed,
             "thresholds": thresholds, "before": _decision_summary(y, before, g), "after": _decision_summary(y, after, g)}
+
+
+def check_group_columns(names: list[str], columns: list[str], source: str) -> None:
+    """DataError (one line) naming the group columns that are not among `names`, the data's columns."""
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{source}: group column(s) not found: {', '.join(missing)} (columns: {', '.join(names)})")
+
+
+def check_binary(labels: list[str], multilabel: bool = False, option: str = "--data.group_columns") -> None:
+    """ConfigError (one line) unless the labels are two of one class each: fairness by group needs
+    positive decisions."""
+    if multilabel or len(labels) != 2:
+        raise ConfigError(f"{option}: fairness by group needs a binary classifier (decisions are positive or not); "
+                          f"this data has {len(labels)} labels{' (multi-label)' if multilabel else ''}")
+
+
+def fit_fairness(kind: Classification, evaluations: Mapping[str, Evaluation],
+                 groups: Mapping[str, Mapping[str, np.ndarray | list]], thresholds: bool = False,
+                 seed: int = 0) -> dict:
+    """metrics.json's fairness sections of a fit: `evaluation_fairness` of each split at the
+    model's threshold, and with `thresholds` the TPR-parity thresholds of each attribute fitted on
+    `val` and judged on `test` (`tpr_parity_thresholds`).
+
+    Args:
+        kind: the exported model's classification kind (labels, threshold, positive index).
+        evaluations: split (`val`, `test`) -> the evaluation of that split's rows.
+        groups: split -> attribute -> the group values of the same rows, in their order.
+        thresholds: also fit the per-group thresholds (needs `val` and `test`).
+        seed: ThresholdOptimizer's randomisation.
+
+    Returns:
+        {"fairness": {split: ...}} and, with `thresholds`, {"fairness_thresholds": {attribute: ...}}.
+    """
+    out = {"fairness": {split: evaluation_fairness(evaluation, kind, groups[split])
+                        for split, evaluation in evaluations.items()}}
+    if thresholds:
+        def scored(split: str) -> tuple[np.ndarray, np.ndarray]:
+            e = evaluations[split]
+            return (np.asarray(e.targets) == kind.positive_index).astype(np.int64), e.probs[:, kind.positive_index]
+
+        (y_val, s_val), (y_test, s_test) = scored("val"), scored("test")
+        threshold = out["fairness"]["test"]["threshold"]
+        out["fairness_thresholds"] = {
+            c: tpr_parity_thresholds((y_val, s_val, groups["val"][c]), (y_test, s_test, groups["test"][c]), threshold,
+                                     seed)
+            for c in groups["test"]}
+    return out
+
+
+def served_fairness(serving: Serving, model: OnnxModel, data_path: str, test: Evaluation, columns: list[str],
+                    thresholds: bool = False, seed: int = 0) -> dict:
+    """`fit_fairness` of an exported model through its app's Serving: validation scored by the
+    ONNX model (`Serving.evaluate`), test = `test` (fit's evaluation of the same model), the group
+    values of both from `Serving.group_values`.
+
+    Raises:
+        ConfigError: the app's Serving reads no group columns; DataError: a column is missing.
+    """
+    evaluations = {"val": serving.evaluate(model, data_path, "val"), "test": test}
+    groups = {split: serving.group_values(model, data_path, split, columns) for split in evaluations}
+    return fit_fairness(model.contract.classification, evaluations, groups, thresholds, seed)
+
+
+def run_fairness(run: FitRun, thresholds: bool = False) -> dict:
+    """`served_fairness` of a fit's written model.onnx for the fit's `data.group_columns` ({} without
+    them): what an app's `Training.artifacts` adds to metrics.json."""
+    from deepapps.core.runtime.session import load_model
+
+    columns = getattr(run.cfg.data, "group_columns", None)
+    if not columns:
+        return {}
+    model = load_model(run.onnx_path, provider="cpu", app=run.app.name)
+    return served_fairness(run.app.load_serving(), model, run.cfg.data.path, run.evaluation, columns, thresholds,
+                           run.cfg.seed)
 
 
 class _Scores(ClassifierMixin, BaseEstimator):

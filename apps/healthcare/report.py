@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deepapps.apps.healthcare.signals import ucr_set
 from deepapps.core.report.model_card import _table
+from deepapps.core.report.fairness import image_attributes_note
 from deepapps.core.report.plots import confusion_matrix_plot, reliability_plot
 from deepapps.core.report.run_report import write_run_report
 from deepapps.core.training.interface import FitRun
@@ -54,7 +55,7 @@ def write_healthcare_report(run: FitRun) -> Path:
                          "front end (in the graph)": "; ".join(built.preprocess["in_graph"]) or "none",
                          "input": f"float32 (batch, {built.preprocess['length']}) at a nominal "
                                   f"{built.preprocess['sample_rate_hz']:g} Hz"}
-    return write_run_report(run, info=info, extra_plots=extra)
+    return write_run_report(run, info=info, extra_plots=extra, fairness_note=image_attributes_note(cfg.data))
 
 
 def signal_section(test: dict, built) -> str:

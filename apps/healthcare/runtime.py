@@ -136,6 +136,16 @@ class HealthcareServing(Serving):
                 metrics["per_class"][name]["specificity"] = value
         return evaluation
 
+    def group_values(self, model: OnnxModel, data_path: str, split: str, columns: list[str]) -> dict[str, list]:
+        """The sensitive-attribute columns of a manifest's images `evaluate` scores (not the split's
+        patient column); ECG models: refused."""
+        if signal_runtime.is_signal_model(model):
+            raise ConfigError("--group-columns: fairness by group is offered for image manifests, not ECG signals")
+        settings = MedicalDataSettings.from_dict(model.contract.train.data_config)
+        return image_classification.group_values(
+            model, data_path, split, columns,
+            open_source=lambda path: open_medical_source(path, settings, strict=False, attribute_columns=columns))
+
     def decode_item(self, model: OnnxModel, item: dict | bytes) -> np.ndarray:
         """A request item (`{"image": "<base64>"}` or uploaded bytes; PNG/JPEG/DICOM) -> model pixels;
         for an ECG model `{"signal": [numbers]}` -> float32 samples."""

@@ -61,7 +61,8 @@ class MedicalDataModule(ImageDataModule):
         super().__init__(cfg, spec)
 
     def open_source(self):
-        return open_medical_source(self.cfg.path, MedicalDataSettings.from_dict(asdict(self.cfg)))
+        return open_medical_source(self.cfg.path, MedicalDataSettings.from_dict(asdict(self.cfg)),
+                                   attribute_columns=self.cfg.group_columns)
 
     def class_weights(self, mode: str | None) -> list[float] | None:
         """`optim.class_weights` when set; else `balanced` for imbalance=loss."""
@@ -134,6 +135,9 @@ class HealthcareTraining(Training):
         if clinical.channels not in (1, 3):
             raise ConfigError(f"--clinical.channels {clinical.channels}: choose 1 (grey) or 3 (RGB)")
         check_rule(clinical.threshold)
+        if cfg.task == "signal" and cfg.data.group_columns:
+            raise ConfigError("--data.group_columns: fairness by group is offered for image manifests, not for "
+                              "task signal")
         if cfg.task == "signal":
             from deepapps.apps.healthcare.signal_training import build_signal_classifier
 
@@ -181,6 +185,13 @@ class HealthcareTraining(Training):
             return Int8Method(STATIC, "1-D conv ECG network: static QDQ int8 calibrated on validation signals",
                               calibration=IMAGE_INT8.calibration)
         return IMAGE_INT8
+
+    def artifacts(self, run: FitRun) -> dict:
+        """With data.group_columns (image manifests): fairness by group of the ONNX model on val and
+        test, at the calibrated threshold of the positive class."""
+        from deepapps.core.fairness import run_fairness
+
+        return run_fairness(run)
 
     def report(self, run: FitRun) -> None:
         """The healthcare model card and plots (matplotlib is imported only when a run reports)."""

@@ -40,6 +40,10 @@ class TextDataConfig:
     """Length-bucketed batches: texts of similar length share a batch (less padding)."""
     num_workers: int = 0
     """DataLoader workers (tokenisation happens once up front, so 0 is usually fine)."""
+    group_columns: list[str] | None = None
+    """Sensitive attributes, columns of the same table (e.g. `[region]`): fairness by group of the
+    val and test rows in metrics.json and the model card (binary labels only). Reporting only: the
+    model never reads them."""
 
 
 @dataclass

@@ -64,6 +64,12 @@ class NlpTraining(Training):
         datamodule = TextDataModule(cfg.data, spec["tokenizer_json"], spec["pad_id"], cfg.seed) if with_data else None
         if datamodule is not None:  # `auto` columns as resolved: the model's data_config names them for evaluate
             cfg.data.text_column, cfg.data.label_column = datamodule.text_column, datamodule.label_column
+        if datamodule is not None and cfg.data.group_columns:  # before the run folder exists
+            from deepapps.apps.nlp.table import read_frame
+            from deepapps.core.fairness import check_binary, check_group_columns
+
+            check_binary(datamodule.labels)
+            check_group_columns(read_frame(cfg.data.path).columns, cfg.data.group_columns, cfg.data.path)
         kind = saved.kind if saved is not None else Classification(
             datamodule.labels, problem_type(len(datamodule.labels), False))
         net = TextClassifier(encoder, len(kind.labels), cfg.model.pooling, cfg.model.drop_rate)
@@ -101,9 +107,12 @@ class NlpTraining(Training):
         return Served(WithProbabilities(built.net, multilabel=False), built.kind)
 
     def artifacts(self, run: FitRun) -> dict:
-        """The TF-IDF baseline on the same split (`baselines`); the int8 copy is the core's
-        (`int8_method`)."""
-        return {"baselines": text_baselines(run)} if run.cfg.baselines else {}
+        """The TF-IDF baseline on the same split (`baselines`); with data.group_columns, fairness by
+        group of the ONNX model on val and test (core.fairness.run_fairness); the int8 copy is
+        the core's (`int8_method`)."""
+        from deepapps.core.fairness import run_fairness
+
+        return ({"baselines": text_baselines(run)} if run.cfg.baselines else {}) | run_fairness(run)
 
     def int8_method(self, cfg: NlpFitConfig) -> Int8Method:
         """Dynamic: a transformer's time is in MatMul/Gemm, whose int8 weights need no calibration."""

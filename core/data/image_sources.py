@@ -7,8 +7,10 @@ that fit held out.
 Supported layouts:
     folder/<class>/*.jpg                 one folder per class, split by fractions
     folder/{train,val,test}/<class>/...  given splits (a missing one is carved from train)
-    manifest.csv|.parquet                columns path,label[,split][,group]; `a|b` = multi-label;
-                                         with a group column (e.g. patient_id) splits are by group
+    manifest.csv|.parquet                columns path,label[,split][,group][,attributes...]; `a|b` =
+                                         multi-label; with a group column (e.g. patient_id) splits
+                                         are by group; sensitive-attribute columns (e.g. sex; fit's
+                                         `data.group_columns`) are read for fairness by group only
     file.npz                             MedMNIST style: {train,val,test}_{images,labels}
     builtin:digits                       scikit-learn's 1,797 8x8 handwritten digits
 """
@@ -25,7 +27,7 @@ from PIL import Image
 
 from deepapps.core.data.splits import carve, check_splits, stratified_split
 from deepapps.core.data.tables import read_table
-from deepapps.core.errors import DataError
+from deepapps.core.errors import ConfigError, DataError
 from deepapps.core.runtime.images import IMAGE_EXTENSIONS, open_image
 
 SPLITS = ("train", "val", "test")
@@ -54,6 +56,9 @@ class ImageSource:
     load: Callable[[int], Image.Image]
     notes: list[str] = field(default_factory=list)
     groups: np.ndarray | None = None  # (N,) group ids (e.g. patients): no group in two splits
+    #: sensitive attribute -> (N,) values (manifest columns, e.g. `sex`): fairness by group only, never
+    #: a model input, unrelated to `groups` (the split grouping)
+    attributes: dict[str, list] = field(default_factory=dict)
 
     @property
     def multilabel(self) -> bool:
@@ -78,7 +83,7 @@ def open_image_source(
     path: str, split: SplitSettings | None = None, path_column: str = "path",
     label_column: str = "label", group_column: str | None = None,
     reader: Callable[[str], Image.Image] | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    strict: bool = True,
+    strict: bool = True, attribute_columns: list[str] | None = None,
 ) -> ImageSource:
     """Index the dataset at `path` and split it. Raises DataError for unusable data.
 
@@ -94,8 +99,17 @@ def open_image_source(
         strict: fit's checks: two classes or more, and no empty train, val or test split.
             False (evaluate): labelled data of one class, or too small to carve every split,
             can still be scored (`evaluate --split all`).
+        attribute_columns: manifest columns of sensitive attributes (e.g. `sex`) read into
+            `ImageSource.attributes` for fairness by group (not the split `group_column`).
+
+    Raises:
+        ConfigError: attribute columns asked of data that is not a manifest.
     """
     split = split or SplitSettings()
+    p = Path(path)
+    if attribute_columns and (path.startswith("builtin:") or p.suffix.lower() not in MANIFEST_SUFFIXES or p.is_dir()):
+        raise ConfigError(f"group columns {', '.join(attribute_columns)}: sensitive attributes are read from a "
+                          f".csv/.parquet manifest (path,label,...); {path} is not one")
     reader = reader or open_image
     if path.startswith("builtin:"):
         source = _builtin(path)
@@ -108,7 +122,7 @@ def open_image_source(
         elif p.suffix.lower() == ".npz":
             source = _npz(p)
         elif p.suffix.lower() in MANIFEST_SUFFIXES:
-            source = _manifest(p, path_column, label_column, group_column, reader)
+            source = _manifest(p, path_column, label_column, group_column, reader, attribute_columns or [])
         else:
             raise DataError(f"{path}: expected an image folder, a .csv/.parquet manifest or a .npz")
     _check_labels(source, path, strict)
@@ -168,12 +182,15 @@ def _class_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -
 
 
 def _manifest(path: Path, path_column: str, label_column: str, group_column: str | None = None,
-              reader: Callable[[str], Image.Image] = open_image) -> ImageSource:
+              reader: Callable[[str], Image.Image] = open_image, attribute_columns: list[str] = ()) -> ImageSource:
     notes: list[str] = []
     table = read_table(path, all_strings=True, notes=notes)
     for column in (path_column, label_column):
         if column not in table.columns:
             raise DataError(f"{path}: manifest has no {column!r} column (has {table.columns})")
+    missing = [c for c in attribute_columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: group column(s) not found: {', '.join(missing)} (columns: {', '.join(table.columns)})")
     table = table.filter(pl.col(path_column).is_not_null() & pl.col(label_column).is_not_null())
     raw_labels = [str(v) for v in table[label_column].to_list()]
     refs = [str((path.parent / p).resolve()) for p in table[path_column].cast(pl.String).to_list()]
@@ -200,6 +217,7 @@ def _manifest(path: Path, path_column: str, label_column: str, group_column: str
     return ImageSource(
         description=f"manifest {path}", labels=labels, refs=refs, targets=targets,
         splits=splits, load=lambda i: reader(refs[i]), groups=groups, notes=notes,
+        attributes={c: table[c].to_list() for c in attribute_columns},
     )
 
 

@@ -23,7 +23,7 @@ HEADER = {"n": "n", "base_rate": "base rate", "selection_rate": "selection rate"
 
 
 def fairness_section(by_split: dict, positive: str = "positive", features: list[str] | None = None,
-                     thresholds: dict | None = None) -> tuple[str, str]:
+                     thresholds: dict | None = None, note: str = "") -> tuple[str, str]:
     """(heading, Markdown body) of the model card: per split and attribute, a table of the groups
     and the disparities, with what they do and do not mean.
 
@@ -34,6 +34,8 @@ def fairness_section(by_split: dict, positive: str = "positive", features: list[
             reporting only.
         thresholds: per attribute, core.fairness.tpr_parity_thresholds (metrics.json's
             `fairness_thresholds`), or None.
+        note: a sentence the app adds after the first paragraph (e.g. which manifest column is
+            the split grouping and which are the sensitive attributes).
     """
     features = features or []
     parts = []
@@ -48,7 +50,7 @@ def fairness_section(by_split: dict, positive: str = "positive", features: list[
         f"or above the model's threshold {first['threshold']:.4g}. Base rate: share of positives in the data; selection "
         "rate: share decided positive; TPR and FPR: shares of actual positives and negatives decided positive; precision: "
         "share of positive decisions that are right; AUROC: ranking quality within the group (null: one class only). "
-        "Computed with fairlearn's MetricFrame.")
+        "Computed with fairlearn's MetricFrame." + (f" {note}" if note else ""))
     for split, fairness in by_split.items():
         for name, attribute in fairness["attributes"].items():
             rows = [f"| {group} | " + " | ".join(_fmt(g[m]) for m in TABLE) + " |"
@@ -101,6 +103,19 @@ def fairness_plot(fairness: dict, out: Path, title: str = "Fairness by group") -
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return out
+
+
+def image_attributes_note(data) -> str:
+    """The model card's line telling the sensitive attributes (data.group_columns, fairness only)
+    from the split grouping (healthcare's patient_column); empty without group columns."""
+    columns = getattr(data, "group_columns", None)
+    if not columns:
+        return ""
+    patient = getattr(data, "patient_column", None)
+    split = (f" The manifest's `{patient}` column (when present) is something else: the split grouping that keeps "
+             f"each patient in one split; it is not a sensitive attribute here." if patient else "")
+    return (f"The sensitive attributes ({', '.join(f'`{c}`' for c in columns)}) are manifest columns read for this "
+            f"report only (data.group_columns); the network sees pixels alone.{split}")
 
 
 def _thresholds_text(thresholds: dict) -> str:

@@ -9,13 +9,16 @@ from deepapps.core.report.plots import confusion_matrix_plot, roc_plot, training
 from deepapps.core.training.interface import FitRun
 
 
-def write_run_report(run: FitRun, info: dict | None = None, extra_plots: list[Path] = ()) -> Path:
+def write_run_report(run: FitRun, info: dict | None = None, extra_plots: list[Path] = (),
+                     fairness_note: str = "") -> Path:
     """Plots from the logs and the ONNX test evaluation, sample inputs, and the model card.
 
     Args:
         run: the fit, after its model and metrics are final.
         info: model-card keys that replace the defaults (e.g. `intended_use`, `sections`).
         extra_plots: PNG files the app drew itself, shown after the shared plots.
+        fairness_note: a sentence for the fairness section (metrics.json's `fairness`, drawn
+            when present), e.g. which columns are sensitive attributes and which is not.
     """
     run_dir, built, evaluation, cfg = run.run_dir, run.built, run.evaluation, run.cfg
     plots_dir = run_dir / "plots"
@@ -28,6 +31,11 @@ def write_run_report(run: FitRun, info: dict | None = None, extra_plots: list[Pa
         plots.append(confusion_matrix_plot(
             evaluation.metrics["confusion_matrix"], evaluation.labels, plots_dir / "confusion_matrix.png"
         ))
+    fairness = run.metrics.get("fairness")  # data.group_columns (core.fairness.served_fairness)
+    if fairness:
+        from deepapps.core.report.fairness import fairness_plot
+
+        plots.append(fairness_plot(fairness["test"], plots_dir / "fairness_test.png", "Fairness by group (test)"))
     plots += list(extra_plots)
     samples = built.write_samples(run_dir / "samples") if built.write_samples is not None else 0
     card = {
@@ -52,6 +60,12 @@ def write_run_report(run: FitRun, info: dict | None = None, extra_plots: list[Pa
     card |= info or {}
     if built.auto_choices:
         card["sections"] = [auto_section(built.auto_choices), *(card.get("sections") or [])]
+    if fairness:
+        from deepapps.core.report.fairness import fairness_section
+
+        card["sections"] = [*(card.get("sections") or []), fairness_section(
+            fairness, f"label {fairness['test']['positive']!r}", thresholds=run.metrics.get("fairness_thresholds"),
+            note=fairness_note)]
     if privacy := run.post_fit.state.get("privacy"):  # a DP-SGD fit (core.training.privacy)
         card["sections"] = [*(card.get("sections") or []), privacy_section(privacy)]
     if run.search:

@@ -133,17 +133,9 @@ def evaluate(
             default: `open_image_source` with the split settings stored in the model (not
             strict: evaluate scores data of one class, or too small for fit's splits).
     """
-    from deepapps.core.data.image_sources import SplitSettings, open_image_source
     from deepapps.core.metrics import classification_metrics
 
-    if open_source is None:
-        data_cfg = model.contract.train.data_config
-        settings = SplitSettings(
-            data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
-        )
-        open_source = partial(open_image_source, split=settings, path_column=data_cfg.get("path_column", "path"),
-                              label_column=data_cfg.get("label_column", "label"), strict=False)
-    source = open_source(data_path)
+    source = (open_source or model_source(model))(data_path)
     all_targets = model_targets(source.labels, source.targets, model.labels, data_path)
     indices = split_indices(source.splits, len(source.refs), split, data_path, "image")
     spec = ImageSpec.from_meta(model.contract.preprocess)
@@ -154,6 +146,36 @@ def evaluate(
     metrics = evaluation_head(split, data_path, len(indices)) | classification_metrics(
         problem, targets, probs, model.labels)
     return ClassificationEvaluation(metrics, targets, probs, model.labels, problem)
+
+
+def model_source(model: OnnxModel, attribute_columns: list[str] | None = None) -> Callable[[str], ImageSource]:
+    """data path -> ImageSource opened with the split settings stored in the model (not strict),
+    with the sensitive-attribute columns `attribute_columns` (fairness by group)."""
+    from deepapps.core.data.image_sources import SplitSettings, open_image_source
+
+    data_cfg = model.contract.train.data_config
+    settings = SplitSettings(
+        data_cfg.get("val_fraction", 0.15), data_cfg.get("test_fraction", 0.15), data_cfg.get("split_seed", 0)
+    )
+    return partial(open_image_source, split=settings, path_column=data_cfg.get("path_column", "path"),
+                   label_column=data_cfg.get("label_column", "label"), strict=False,
+                   attribute_columns=attribute_columns)
+
+
+def group_values(model: OnnxModel, data_path: str, split: str, columns: list[str],
+                 open_source: Callable[[str], ImageSource] | None = None) -> dict[str, list]:
+    """The sensitive-attribute columns (manifest columns) of the images `evaluate` scores, in its order.
+
+    Args:
+        open_source: data path -> ImageSource holding `columns` in its `attributes`; default:
+            `model_source(model, columns)`.
+
+    Raises:
+        ConfigError: the data is not a manifest; DataError: a column is not in it.
+    """
+    source = (open_source or model_source(model, columns))(data_path)
+    indices = split_indices(source.splits, len(source.refs), split, data_path, "image")
+    return {c: [source.attributes[c][int(i)] for i in indices] for c in columns}
 
 
 def model_targets(labels: list[str], targets: np.ndarray, model_labels: list[str], data_path: str) -> np.ndarray:
@@ -183,6 +205,9 @@ class ImageServing(Serving):
 
     def evaluate(self, model: OnnxModel, data_path: str, split: str = "test") -> ClassificationEvaluation:
         return evaluate(model, data_path, split)
+
+    def group_values(self, model: OnnxModel, data_path: str, split: str, columns: list[str]) -> dict[str, list]:
+        return group_values(model, data_path, split, columns)
 
     def decode_item(self, model: OnnxModel, item: dict | bytes) -> np.ndarray:
         return decode_item(model, item)

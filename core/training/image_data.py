@@ -47,12 +47,18 @@ class ImageDataModule(L.LightningDataModule):
         self.cfg, self.spec = cfg, spec
         self.split = SplitSettings(cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         self.source = self.open_source()
+        if cfg.group_columns:  # fairness by group: binary decisions only (core.fairness), checked before the run folder
+            from deepapps.core.fairness import check_binary
+
+            check_binary(self.source.labels, self.source.multilabel)
         cpus = os.cpu_count() or 1
         self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, max(cpus - 1, 0))
 
     def open_source(self) -> ImageSource:
-        """Index and split the data (an app's subclass may read other formats)."""
-        return open_image_source(self.cfg.path, self.split, self.cfg.path_column, self.cfg.label_column)
+        """Index and split the data (an app's subclass may read other formats), with the sensitive
+        attributes of `cfg.group_columns`."""
+        return open_image_source(self.cfg.path, self.split, self.cfg.path_column, self.cfg.label_column,
+                                 attribute_columns=self.cfg.group_columns)
 
     @property
     def labels(self) -> list[str]:

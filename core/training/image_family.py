@@ -17,7 +17,7 @@ from deepapps.core.training.auto import announce, check_resolved, has_auto, reso
 from deepapps.core.training.backbones import create_timm_model, data_config
 from deepapps.core.training.image_data import ImageDataModule
 from deepapps.core.training.image_model import ImageClassifier
-from deepapps.core.training.interface import Built, Saved, Training
+from deepapps.core.training.interface import Built, FitRun, Saved, Training
 from deepapps.core.training.quantize import STATIC, Int8Method
 
 FAMILY = "image_classification"
@@ -96,3 +96,17 @@ class ImageTraining(Training):
 
     def int8_method(self, cfg: ImageFitConfig) -> Int8Method:
         return IMAGE_INT8
+
+    def artifacts(self, run: FitRun) -> dict:
+        """With data.group_columns: fairness by group of the ONNX model on val and test."""
+        from deepapps.core.fairness import run_fairness
+
+        return run_fairness(run)
+
+    def report(self, run: FitRun) -> None:
+        """The shared run report; its fairness section says which manifest columns are which."""
+        from deepapps.core.report.fairness import image_attributes_note
+        from deepapps.core.report.run_report import write_run_report
+
+        write_run_report(run, fairness_note=image_attributes_note(run.cfg.data))
+

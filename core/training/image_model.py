@@ -28,10 +28,13 @@ class ImageClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (B, F) of uint8 NHWC pixels."""
         x = pixels.permute(0, 3, 1, 2).float()  # (B, H, W, C) uint8 -> (B, C, H, W)
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)  # grey -> the backbone's 3 channels
         x = (x - self.mean) / self.std
-        features = self.backbone(x)  # (B, F)
-        return self.head(features)  # (B, K) logits
+        return self.backbone(x)  # (B, F)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels))  # (B, K) logits

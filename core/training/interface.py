@@ -185,16 +185,22 @@ class Training(ABC):
 
     def module(self, built: Built, cfg) -> L.LightningModule:
         """The LightningModule that trains `built.net`; default: a ClassificationModule with a
-        pretrained `backbone` frozen for `cfg.model.freeze_epochs`."""
+        pretrained `backbone` frozen for `cfg.model.freeze_epochs`, its head started at the linear
+        probe when `cfg.model.head_init` is `probe` (single-label, not when resuming)."""
         from deepapps.core.training.classifier import ClassificationModule
 
         dm, frozen = built.datamodule, cfg.model.freeze_epochs > 0
-        return ClassificationModule(
+        module = ClassificationModule(
             built.net, built.labels, built.multilabel, cfg.optim,
             class_weights=dm.class_weights(cfg.optim.class_weights) if dm is not None else None,
             backbone="backbone", freeze_epochs=cfg.model.freeze_epochs,
             backbone_lr_ratio=cfg.model.unfreeze_lr_ratio if frozen else 1.0,
         )
+        if cfg.model.head_init == "probe" and dm is not None and not built.multilabel and not cfg.resume:
+            from deepapps.core.training.probe_init import probe_head
+
+            probe_head(built.net, dm, cfg.seed)
+        return module
 
     def post_fit(self, module: L.LightningModule, built: Built, cfg) -> PostFit:
         """State learnt on the validation split after training (calibration, thresholds,

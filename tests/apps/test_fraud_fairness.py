@@ -129,3 +129,38 @@ def test_predict_reads_the_padded_file_as_fit_did(run, data, tmp_path):
     assert main(["fraud", "predict", "--model", str(run / "model.onnx"), str(data), "--out", str(out)]) == 0
     scores = pl.read_csv(out)
     assert scores.height == 4000 and scores["error"].null_count() == 4000 and scores["score"].null_count() == 0
+
+
+def test_labels_with_a_trailing_dot_map_to_the_models_labels_with_a_note():
+    from deepapps.apps.finance.fraud.features import targets
+
+    df = pl.DataFrame({"Y": [">50K.", "<=50K.", ">50K.", "<=50K."]})
+    notes: list[str] = []
+    y, positive = targets(df, "Y", "t.csv", ">50K", notes)
+    assert y.tolist() == [1, 0, 1, 0] and positive == ">50K"
+    assert notes == [("label column 'Y': the trailing '.' of '<=50K.', '>50K.' was stripped to match the model's "
+                      "label '>50K'")]
+    assert targets(pl.DataFrame({"Y": [">50K", "<=50K"]}), "Y", "t.csv", ">50K", notes)[0].tolist() == [1, 0]
+    assert len(notes) == 1  # labels as fit saw them: no mapping, no note
+    with pytest.raises(DataError, match="not one of them"):  # a stripped value that is not the model's: refused
+        targets(pl.DataFrame({"Y": ["yes.", "no."]}), "Y", "t.csv", ">50K", [])
+
+
+def test_evaluate_maps_an_official_test_file_whose_labels_end_with_a_dot(run, data, tmp_path, capsys):
+    """Adult's adult.test writes `>50K.` for `>50K`: the same rows with dotted labels score the same."""
+    frame = pl.read_csv(data)
+    label = next(c for c in frame.columns if c.strip() == "Y")
+    dotted = tmp_path / "dotted.csv"
+    frame.with_columns(pl.col(label) + ".").write_csv(dotted)
+    scores = {}
+    for name, path in (("plain", data), ("dotted", dotted)):
+        out = tmp_path / f"{name}.json"
+        assert main(["fraud", "evaluate", "--model", str(run / "model.onnx"), "--data.path", str(path),
+                     "--split", "all", "--group-columns", "sex", "--out", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert "label column 'Y': the trailing '.' of 'no.', 'yes.' was stripped to match the model's label 'yes'" in (
+        capsys.readouterr().err)
+    assert scores["dotted"]["notes"] and "notes" not in scores["plain"]
+    for key in ("n", "auprc", "auroc"):
+        assert scores["dotted"][key] == scores["plain"][key]
+    assert scores["dotted"]["fairness"] == scores["plain"]["fairness"]

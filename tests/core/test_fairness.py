@@ -115,3 +115,37 @@ def test_tpr_parity_thresholds_skip_degenerate_or_unseen_groups():
     one_class = np.where(y == 1, "b", "a")  # group a holds negatives only
     assert "Degenerate" in tpr_parity_thresholds((y, s, one_class), _scored(200, 3), 0.5)["skipped"]
     assert "absent" in tpr_parity_thresholds((y, s, np.full(200, "c")), _scored(200, 3), 0.5)["skipped"]
+
+
+def test_fit_fairness_gives_each_split_at_the_models_threshold_and_the_thresholds_from_val_to_test():
+    """The hand-computed 8 rows above as `test`; `val` the same rows with group B relabelled: the
+    positive class is the model's `positive_index` (here 0, `fraud` first)."""
+    from deepapps.core.fairness import fit_fairness, tpr_parity_thresholds
+
+    kind = Classification(["fraud", "normal"], "binary", 0.5, 1.0, 0)
+    probs = np.stack([SCORES, 1 - SCORES], 1)  # column 0 = the positive class
+    test = ClassificationEvaluation({}, 1 - Y, probs, kind.labels, problem="binary")  # target 0 = fraud
+    val_y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    val = ClassificationEvaluation({}, 1 - val_y, probs, kind.labels, problem="binary")
+    out = fit_fairness(kind, {"val": val, "test": test}, {"val": {"sex": SEX}, "test": {"sex": SEX}}, thresholds=True)
+    assert out["fairness"]["test"]["positive"] == "fraud"
+    a = out["fairness"]["test"]["attributes"]["sex"]["groups"]["A"]
+    assert a["selection_rate"] == 0.5 and a["tpr"] == 0.5 and a["fpr"] == 0.5
+    assert out["fairness"]["test"]["attributes"]["sex"]["disparity"]["demographic_parity_difference"] == 0.25
+    b_val = out["fairness"]["val"]["attributes"]["sex"]["groups"]["B"]
+    assert b_val["positives"] == 2 and b_val["tpr"] == 1.0 and b_val["fpr"] == 0.5  # .8 .7 | .6 .3 at 0.5
+    assert out["fairness_thresholds"]["sex"] == tpr_parity_thresholds((val_y, SCORES, SEX), (Y, SCORES, SEX), 0.5)
+    assert "fairness_thresholds" not in fit_fairness(kind, {"test": test}, {"test": {"sex": SEX}})
+
+
+def test_check_group_columns_and_check_binary_are_one_line():
+    from deepapps.core.fairness import check_binary, check_group_columns
+
+    check_group_columns(["a", "sex"], ["sex"], "d.csv")
+    with pytest.raises(DataError, match=r"^d.csv: group column\(s\) not found: race \(columns: a, sex\)$"):
+        check_group_columns(["a", "sex"], ["sex", "race"], "d.csv")
+    check_binary(["no", "yes"])
+    with pytest.raises(ConfigError, match="binary classifier.*3 labels"):
+        check_binary(["a", "b", "c"])
+    with pytest.raises(ConfigError, match=r"2 labels \(multi-label\)"):
+        check_binary(["a", "b"], multilabel=True)

@@ -59,12 +59,26 @@ def check_group_columns(names: list[str], group_columns: list[str], source: str)
         raise DataError(f"{source}: group column(s) not found: {', '.join(missing)} (columns: {', '.join(names)})")
 
 
-def targets(df: pl.DataFrame, label: str, source: str, positive: object = None) -> tuple[np.ndarray, object]:
-    """(0/1 int64 targets, the value meaning fraud). Fraud is 1/True, else the rarer value."""
+def targets(df: pl.DataFrame, label: str, source: str, positive: object = None,
+            notes: list[str] | None = None) -> tuple[np.ndarray, object]:
+    """(0/1 int64 targets, the value meaning fraud). Fraud is 1/True, else the rarer value.
+
+    With the model's `positive` given and text labels that lack it, a trailing `.` is stripped from
+    every label when that makes `positive` one of at most two values (UCI Adult's official test file
+    writes `>50K.` for the training file's `>50K`); the mapping is appended to `notes`.
+    """
     column = df[label]
     if column.null_count():
         raise DataError(f"{source}: label column {label!r} has {column.null_count()} empty values")
     values = column.unique().to_list()
+    if isinstance(positive, str) and column.dtype == pl.String and positive not in values:
+        stripped = column.str.strip_suffix(".")
+        if positive in (kept := stripped.unique().to_list()) and len(kept) <= 2:
+            dotted = sorted(v for v in values if v.endswith("."))
+            if notes is not None:
+                notes.append(f"label column {label!r}: the trailing '.' of {', '.join(map(repr, dotted))} was "
+                             f"stripped to match the model's label {positive!r}")
+            column, values = stripped, kept
     if positive is None:
         if len(values) != 2:
             raise DataError(f"{source}: label column {label!r} must have two classes, found {len(values)}: {values[:5]}")
