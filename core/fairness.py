@@ -172,6 +172,39 @@ def tpr_parity_thresholds(fit: tuple[np.ndarray, np.ndarray, np.ndarray | list],
             "thresholds": thresholds, "before": _decision_summary(y, before, g), "after": _decision_summary(y, after, g)}
 
 
+def equal_tpr_thresholds(targets: np.ndarray, scores: np.ndarray, groups: np.ndarray | list, threshold: float,
+                         min_positives: int = 20) -> dict:
+    """Deterministic per-group thresholds that give every group the model's overall TPR (fitted on
+    validation; the thresholds a shipped model applies, unlike ThresholdOptimizer's randomised mix).
+
+    Each group's threshold is the highest one at which at least the overall TPR at `threshold` of
+    its positives is flagged: the k-th highest positive score, k = ceil(TPR x positives). A group
+    with fewer than `min_positives` positives keeps `threshold` (its TPR is too noisy to equalise).
+
+    Returns:
+        {"target_tpr", "default" (= threshold), "thresholds": {group: t}, "kept": {group: why}}.
+    """
+    y, s, g = np.asarray(targets).astype(bool), np.asarray(scores, np.float64), group_labels(groups)
+    positives = s[y]
+    target = float((positives >= threshold).mean()) if len(positives) else 0.0
+    out = {"target_tpr": target, "default": float(threshold), "thresholds": {}, "kept": {}}
+    for group in sorted(set(g)):
+        pos = np.sort(s[y & (g == group)])[::-1]
+        if len(pos) < min_positives:
+            out["kept"][group] = f"{len(pos)} positives (< {min_positives}): the model's threshold"
+            continue
+        k = max(1, int(np.ceil(target * len(pos) - 1e-9)))
+        out["thresholds"][group] = float(pos[k - 1])
+    return out
+
+
+def thresholds_for(values: np.ndarray | list, rule: dict) -> np.ndarray:
+    """The decision threshold of each row: its group's in `rule` (equal_tpr_thresholds), else the default."""
+    table = rule.get("thresholds") or {}
+    default = float(rule["default"])
+    return np.array([table.get(v, default) for v in group_labels(values)], dtype=np.float64)
+
+
 def check_group_columns(names: list[str], columns: list[str], source: str) -> None:
     """DataError (one line) naming the group columns that are not among `names`, the data's columns."""
     missing = [c for c in columns if c not in names]

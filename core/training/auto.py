@@ -28,9 +28,6 @@ The rules (numbers asserted by tests/core/test_auto.py):
   epoch). Freezing is for photos only: small, grey or medical images never freeze (on the digits
   one frozen epoch cost 17 points of test accuracy: 0.814 against 0.989). No freezing without
   pretrained weights; freeze_epochs stays below max_epochs.
-- `model.head_init`: `probe` (the new head starts at a logistic regression on the frozen
-  pretrained features: LP-FT, Kumar et al. 2022; core/training/probe_init.py) when a pretrained
-  backbone starts frozen, else `random`.
 - `data.batch_size`: the largest of 16, 32, 64 that leaves >= 25 optimizer steps per epoch
   (16 below 800 images), then halved until an estimated 2 KiB of training memory per input pixel
   fits a quarter of the free memory (CUDA's free memory on a GPU, else the available RAM).
@@ -191,14 +188,6 @@ def choose_freeze_epochs(summary: ImageDataSummary, max_epochs: int, pretrained:
     return Choice("model.freeze_epochs", freeze, why)
 
 
-def choose_head_init(freeze_epochs: int, pretrained: bool) -> Choice:
-    if pretrained and freeze_epochs > 0:
-        return Choice("model.head_init", "probe", "a pretrained backbone that starts frozen: the head starts at the "
-                                                  "linear probe of its features (LP-FT), not at random")
-    return Choice("model.head_init", "random", "the backbone trains from the first step (or has no pretrained "
-                                               "weights): a probe of features about to change is no better a start")
-
-
 def free_memory_bytes(accelerator: str = "auto") -> int | None:
     """Free CUDA memory when training on a GPU, else the available RAM; None if unknown."""
     try:
@@ -287,8 +276,6 @@ def resolve_image_auto(cfg, summary: ImageDataSummary, pretrained_size: int, pre
         take(choose_max_epochs(summary))
     if is_auto(model.freeze_epochs):
         take(choose_freeze_epochs(summary, int(trainer.max_epochs), pretrained))
-    if is_auto(model.head_init):
-        take(choose_head_init(int(model.freeze_epochs), pretrained))
     if is_auto(data.batch_size):
         size = int(data.image_size or pretrained_size)
         take(choose_batch_size(summary, size, memory if memory is not None else free_memory_bytes(trainer.accelerator)))
@@ -337,7 +324,7 @@ def apply_to_yaml(config_yaml: str, choices: Iterable[dict]) -> str:
 def has_auto(cfg) -> bool:
     """Whether any field of `cfg` (nested dataclasses) is `auto` among the fields resolved here."""
     fields = [cfg.data.image_size, cfg.data.hflip, cfg.data.batch_size, cfg.trainer.max_epochs,
-              cfg.model.freeze_epochs, cfg.model.head_init, cfg.optim.lr, cfg.trainer.monitor]
+              cfg.model.freeze_epochs, cfg.optim.lr, cfg.trainer.monitor]
     clinical = getattr(cfg, "clinical", None)
     return any(is_auto(v) for v in fields) or (clinical is not None and is_auto(clinical.imbalance))
 
@@ -357,9 +344,9 @@ def check_resolved(cfg) -> None:
         if isinstance(value, str):
             hint = "`auto` needs the data to choose from" if is_auto(value) else "expected a number or `auto`"
             raise ConfigError(f"--{dotted} {value}: {hint}")
-    head_init = getattr(getattr(cfg, "model", None), "head_init", "auto")
-    if head_init not in ("probe", "random", AUTO):
-        raise ConfigError(f"--model.head_init {head_init}: choose probe, random or auto")
+    head_init = getattr(getattr(cfg, "model", None), "head_init", "random")
+    if head_init not in ("probe", "random"):
+        raise ConfigError(f"--model.head_init {head_init}: choose random or probe")
 
 
 def resolve_before_search(app, cfg, config: dict) -> list[dict]:

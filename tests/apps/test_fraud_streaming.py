@@ -70,7 +70,7 @@ def test_streaming_choice(transactions, tmp_path, capsys):
         StreamingTabularDataModule(TabularDataConfig(path=str(transactions), gan_oversample=1.0))
 
 
-def test_a_tiny_streaming_fit_exports_a_working_model(transactions, tmp_path, capsys):
+def test_a_tiny_streaming_fit_exports_a_working_model(transactions, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["fraud", "fit", "--config", str(TINY), "--data.path", str(transactions), "--data.streaming", "true",
                  "--run_dir", str(run), "--trainer.max_epochs", "1", "--baselines", "false"]) == 0
@@ -82,6 +82,17 @@ def test_a_tiny_streaming_fit_exports_a_working_model(transactions, tmp_path, ca
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 600 and metrics["test"]["auprc"] > 3 * metrics["test"]["frauds"] / 600
     assert metrics["test"]["auprc"] == pytest.approx(metrics["test_torch"]["auprc"], abs=1e-4)  # ONNX = torch
+    from deepapps.apps.finance.fraud import runtime
+    from deepapps.core.runtime.session import load_model
+
+    model = load_model(run / "model.onnx", provider="cpu", app="fraud")
+    streamed = runtime.FraudServing().evaluate(model, str(transactions), "test")  # fit streaming: evaluate streams
+    monkeypatch.setattr(runtime, "streamed_input", lambda data, path: False)
+    memory = runtime.FraudServing().evaluate(model, str(transactions), "test")  # the test rows read into memory
+    assert streamed.metrics["n"] == memory.metrics["n"] == 600
+    for key in ("auprc", "auroc", "frauds"):
+        assert streamed.metrics[key] == pytest.approx(memory.metrics[key], abs=1e-6)
+    assert streamed.metrics["decision"] == pytest.approx(memory.metrics["decision"], abs=1e-6)
     out = tmp_path / "scored.csv"
     assert main(["fraud", "predict", "--model", str(run / "model.onnx"), "--out", str(out), str(transactions)]) == 0
     scored = pl.read_csv(out)
@@ -100,3 +111,93 @@ def test_evaluate_reads_only_the_split_rows_of_a_large_parquet_as_in_memory(tran
     for part in ("train", "val", "test"):
         assert read_split(str(transactions), cfg, Columns(label="is_fraud", time="timestamp"), part).equals(
             memory.frames[part])
+
+
+def _time_variants(tmp_path_factory, kind: str) -> Path:
+    """3,000 rows out of time order with tied times: a day-truncated datetime, a float with negatives and
+    missing values, or an integer column."""
+    df = generate(3000, 0.05, seed=3).sample(fraction=1.0, shuffle=True, seed=0)
+    hours = (df["timestamp"].dt.epoch("s") // 3600).cast(pl.Int64)
+    if kind == "datetime":
+        df = df.with_columns(pl.col("timestamp").dt.truncate("1d"))
+    elif kind == "float":
+        centred = (hours - hours.median()).cast(pl.Float64) * 0.5
+        df = df.with_columns(timestamp=pl.when(pl.int_range(pl.len()) % 97 == 0).then(None).otherwise(centred))
+    else:
+        df = df.with_columns(timestamp=hours)
+    path = tmp_path_factory.mktemp("stream_time") / f"tx_{kind}.parquet"
+    df.write_parquet(path, row_group_size=450)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["datetime", "float", "int"])
+def test_streaming_time_split_from_boundaries_holds_the_in_memory_rows(tmp_path_factory, kind):
+    path = _time_variants(tmp_path_factory, kind)
+    cfg = TabularDataConfig(path=str(path), time_column="timestamp", batch_size=64, shuffle_buffer=500)
+    memory, stream = TabularDataModule(cfg), StreamingTabularDataModule(cfg)
+    assert stream.rule.codes is None and stream.rule.nbytes == 0  # two (time, row) boundaries, no per-row array
+    assert stream.summary()["sizes"] == memory.summary()["sizes"]
+    assert stream.summary()["class_counts"] == memory.summary()["class_counts"]
+    ids = pl.read_parquet(path)["transaction_id"].to_numpy()
+    for part in ("train", "val", "test"):
+        rows = np.concatenate([r for r, _, _ in stream.split_batches(part)])
+        assert sorted(ids[rows]) == sorted(memory.frames[part]["transaction_id"].to_list())
+
+
+def test_streaming_keeps_no_row_of_the_table_in_memory(transactions, monkeypatch):
+    from deepapps.apps.finance.fraud import streaming
+
+    monkeypatch.setattr(streaming, "SAMPLE_ROWS", 50)
+    monkeypatch.setattr(streaming, "BASELINE_ROWS", 300)
+    dm = StreamingTabularDataModule(TabularDataConfig(path=str(transactions), batch_size=64, shuffle_buffer=500))
+
+    def arrays(value):
+        if isinstance(value, np.ndarray):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from arrays(v)
+        elif hasattr(value, "numeric") and hasattr(value, "categorical"):  # Encoded
+            yield value.numeric
+            yield value.categorical
+    held = [a for v in vars(dm).values() for a in arrays(v)]
+    assert max(len(a) for a in held) < 500  # samples only (about 300 train, 50 val, 50 test rows)
+    assert 20 <= len(dm.encoded["val"].numeric) <= 100 and 20 <= len(dm.encoded["test"].numeric) <= 100
+    assert dm.rule.codes is None
+    random = StreamingTabularDataModule(TabularDataConfig(path=str(transactions), split="random", batch_size=64,
+                                                          shuffle_buffer=500))
+    assert random.rule.codes.dtype == np.uint8 and random.rule.nbytes == 4000  # one byte a row
+
+
+@pytest.mark.parametrize("split", ["time", "random"])
+def test_streamed_validation_test_and_post_fit_equal_the_in_memory_path(transactions, split):
+    import pytorch_lightning as L
+    import torch
+
+    from deepapps.apps.finance.fraud.config import FraudFitConfig
+    from deepapps.apps.finance.fraud.training import FraudTraining
+
+    built = {}
+    for streaming in ("false", "true"):
+        torch.manual_seed(0)
+        cfg = FraudFitConfig()
+        cfg.data = TabularDataConfig(path=str(transactions), split=split, streaming=streaming, batch_size=64,
+                                     shuffle_buffer=500)
+        built[streaming] = FraudTraining().build(cfg)
+    module = FraudTraining().module(built["false"], cfg)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_steps=5, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=built["true"].datamodule.train_dataloader())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for stage in ("validate", "test"):
+        memory = getattr(trainer, stage)(module, datamodule=built["false"].datamodule, verbose=False)[0]
+        stream = getattr(trainer, stage)(module, datamodule=built["true"].datamodule, verbose=False)[0]
+        assert memory.keys() == stream.keys() and len(memory) >= 4
+        for key, value in memory.items():
+            assert stream[key] == pytest.approx(value, abs=1e-5), key
+    a, b = (FraudTraining().post_fit(module, built[k], cfg).state for k in ("false", "true"))
+    assert b["threshold"] == pytest.approx(a["threshold"], abs=1e-6)
+    assert b["decision"]["val"] == pytest.approx(a["decision"]["val"], abs=1e-6)
+    for name in ("logistic_regression", "hist_gradient_boosting"):
+        for part in ("val", "test"):
+            assert b["baselines"][name][part]["auprc"] == pytest.approx(a["baselines"][name][part]["auprc"], abs=1e-3)

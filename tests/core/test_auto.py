@@ -17,7 +17,7 @@ from deepapps.core.training.auto import (
 from tests.helpers import COLOURS, TINY, make_image_folder
 
 AUTO_FIELDS = [("data", "image_size"), ("data", "hflip"), ("data", "batch_size"), ("trainer", "max_epochs"),
-               ("model", "freeze_epochs"), ("model", "head_init"), ("optim", "lr")]
+               ("model", "freeze_epochs"), ("optim", "lr")]
 GIB = 2**30
 
 
@@ -40,14 +40,14 @@ def test_photos_small_set_pretrained_size_flips_frozen_head():
     # hymenoptera: 208 training photos of ~333 px, colour
     got = resolved(ImageDataSummary(208, 2, "binary", 333, grey=False))
     assert got == {"data.image_size": 224, "data.hflip": 0.5, "trainer.max_epochs": 12, "model.freeze_epochs": 2,
-                   "model.head_init": "probe", "data.batch_size": 16, "optim.lr": 0.00141}
+                   "data.batch_size": 16, "optim.lr": 0.00141}
 
 
 def test_embedded_digits_keep_the_fast_demo_recipe():
     # 8x8 grey digits: 64 px, no flips, 5 epochs, never frozen (0.814 frozen-first vs 0.989), batch 32, 2e-3
     got = resolved(ImageDataSummary(1257, 10, "multiclass", 8, grey=True))
     assert got == {"data.image_size": 64, "data.hflip": 0.0, "trainer.max_epochs": 5, "model.freeze_epochs": 0,
-                   "model.head_init": "random", "data.batch_size": 32, "optim.lr": 0.002}
+                   "data.batch_size": 32, "optim.lr": 0.002}
 
 
 def test_medical_grey_28px():
@@ -80,8 +80,7 @@ def test_epochs_and_freeze_from_the_data_size(n, epochs, freeze):
 
 
 def test_no_freezing_without_pretrained_weights_and_below_max_epochs():
-    unweighted = resolved(ImageDataSummary(200, 2, "binary", 300, False), pretrained=False)
-    assert (unweighted["model.freeze_epochs"], unweighted["model.head_init"]) == (0, "random")
+    assert resolved(ImageDataSummary(200, 2, "binary", 300, False), pretrained=False)["model.freeze_epochs"] == 0
     cfg = all_auto()
     cfg.trainer.max_epochs = 2
     resolve_image_auto(cfg, ImageDataSummary(200, 2, "binary", 300, False), 224, True, memory=64 * GIB)
@@ -113,7 +112,7 @@ def test_lr_from_the_backbone_family(backbone, batch, lr):
 
 def test_explicit_values_are_kept_and_auto_fields_only_are_chosen():
     cfg = ImageFitConfig()
-    cfg.data.image_size, cfg.data.batch_size, cfg.model.head_init = "auto", 8, "random"
+    cfg.data.image_size, cfg.data.batch_size = "auto", 8
     choices = resolve_image_auto(cfg, ImageDataSummary(208, 2, "binary", 333, False), 224, True, memory=64 * GIB)
     assert [c.field for c in choices] == ["data.image_size"]
     assert (cfg.data.image_size, cfg.data.batch_size, cfg.optim.lr, cfg.trainer.max_epochs) == (224, 8, 1e-3, 10)

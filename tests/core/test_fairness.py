@@ -149,3 +149,23 @@ def test_check_group_columns_and_check_binary_are_one_line():
         check_binary(["a", "b", "c"])
     with pytest.raises(ConfigError, match=r"2 labels \(multi-label\)"):
         check_binary(["a", "b"], multilabel=True)
+
+
+def test_equal_tpr_thresholds_give_each_group_the_overall_tpr():
+    from deepapps.core.fairness import equal_tpr_thresholds, thresholds_for
+
+    rng = np.random.default_rng(0)
+    g = np.array(["a"] * 400 + ["b"] * 400 + ["c"] * 30)
+    y = rng.random(len(g)) < 0.3
+    y[800:] = [True] * 10 + [False] * 20  # c: 10 positives, too few to equalise
+    s = np.clip(0.4 * y + rng.random(len(g)) * 0.6 + np.where(g == "b", 0.15, 0.0), 0, 1)
+    rule = equal_tpr_thresholds(y, s, g, threshold=0.5)
+    overall = (s[y] >= 0.5).mean()
+    assert rule["target_tpr"] == pytest.approx(overall)
+    for group in ("a", "b"):
+        pos = s[y & (g == group)]
+        tpr = (pos >= rule["thresholds"][group]).mean()
+        assert overall <= tpr < overall + 1.5 / len(pos)  # the highest threshold reaching the target
+    assert rule["thresholds"]["b"] > rule["thresholds"]["a"]  # b scores higher, so it gets the higher bar
+    assert "c" in rule["kept"] and "c" not in rule["thresholds"]
+    assert list(thresholds_for(["a", "c", None], rule)) == [rule["thresholds"]["a"], 0.5, 0.5]

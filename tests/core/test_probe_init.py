@@ -50,5 +50,5 @@ def test_fit_with_probe_head_and_bad_value(tmp_path, image_folder, capsys):
     capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "bad"), "--model.head_init", "linear"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "--model.head_init linear: choose probe, random or auto" in err[-1] and "Traceback" not in "".join(err)
+    assert "--model.head_init linear: choose random or probe" in err[-1] and "Traceback" not in "".join(err)
     assert not (tmp_path / "bad").exists()

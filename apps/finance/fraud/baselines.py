@@ -22,18 +22,22 @@ def linear_features(enc: Encoded, spec: FeatureSpec) -> np.ndarray:
     return np.concatenate([x, missing.astype(float), *onehots], axis=1)
 
 
-def fit_baselines(encoded: dict[str, Encoded], y_train: np.ndarray, spec: FeatureSpec, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Train both on `train`; return {name: {split: fraud scores}} for val and test."""
+def baseline_scorers(train: Encoded, y_train: np.ndarray, spec: FeatureSpec, seed: int = 0) -> dict:
+    """Both trained on `train`: {name: Encoded rows -> fraud scores} (what a streamed split is scored with)."""
     lr = LogisticRegression(max_iter=2000, class_weight="balanced", C=1.0)
-    lr.fit(linear_features(encoded["train"], spec), y_train)
+    lr.fit(linear_features(train, spec), y_train)
     n_num = len(spec.numeric)
     hgb = HistGradientBoostingClassifier(
         max_iter=300, learning_rate=0.1, early_stopping=True, random_state=seed,
         categorical_features=[n_num + j for j in range(len(spec.categorical))] or None,
     )
-    raw = {k: np.concatenate([e.numeric, e.categorical.astype(np.float32)], axis=1) for k, e in encoded.items()}
-    hgb.fit(raw["train"], y_train)
-    return {
-        "logistic_regression": {s: lr.predict_proba(linear_features(encoded[s], spec))[:, 1] for s in ("val", "test")},
-        "hist_gradient_boosting": {s: hgb.predict_proba(raw[s])[:, 1] for s in ("val", "test")},
-    }
+    raw = lambda e: np.concatenate([e.numeric, e.categorical.astype(np.float32)], axis=1)
+    hgb.fit(raw(train), y_train)
+    return {"logistic_regression": lambda e: lr.predict_proba(linear_features(e, spec))[:, 1],
+            "hist_gradient_boosting": lambda e: hgb.predict_proba(raw(e))[:, 1]}
+
+
+def fit_baselines(encoded: dict[str, Encoded], y_train: np.ndarray, spec: FeatureSpec, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Train both on `train`; return {name: {split: fraud scores}} for val and test."""
+    scorers = baseline_scorers(encoded["train"], y_train, spec, seed)
+    return {name: {s: score(encoded[s]) for s in ("val", "test")} for name, score in scorers.items()}

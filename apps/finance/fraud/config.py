@@ -60,8 +60,9 @@ class TabularDataConfig:
     """DataLoader workers (tensors are in memory: 0 is fastest)."""
     streaming: str = "auto"
     """`true`: stream a Parquet file (or folder of them) larger than memory: the split from a pass over the
-    label/time columns, the statistics column by column, the train rows in shuffled record batches (val/test are
-    held encoded); `false`: read the table into memory; `auto`: stream Parquet above 10% of RAM (printed)."""
+    label/time columns, the statistics column by column, the train rows in shuffled record batches, val/test in
+    batches (metrics keep scores and labels only); `false`: read the table into memory; `auto`: stream Parquet above
+    10% of RAM (printed)."""
     shuffle_buffer: int = 200_000
     """Streaming: rows of the shuffle buffer the train batches are drawn from."""
 

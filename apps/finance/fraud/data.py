@@ -84,6 +84,12 @@ class TabularDataModule(L.LightningDataModule):
             out.append(torch.from_numpy(enc.categorical[:n]))
         return tuple(out)
 
+    def split_scores(self, scorers: dict, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(0/1 targets, {name: scores}) of every row of `split`; `scorers`: {name: Encoded rows -> scores}.
+
+        The streaming DataModule computes them batch by batch, keeping only targets and scores."""
+        return self.y[split], {name: np.asarray(score(self.encoded[split])) for name, score in scorers.items()}
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset("train"), self.cfg.batch_size, shuffle=True, drop_last=True,
                           num_workers=self.cfg.num_workers)

@@ -43,8 +43,9 @@ def write_fraud_report(run: FitRun) -> Path:
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     y, curves = evaluation.targets, {"model (ONNX)": evaluation.scores}
+    baseline_targets = run.post_fit.scores.get("baseline_targets", {}).get("test")  # their rows' order (streamed)
     for name, by_split in run.post_fit.scores.get("baseline_scores", {}).items():
-        curves[NAMES.get(name, name)] = by_split["test"]
+        curves[NAMES.get(name, name)] = by_split["test"] if baseline_targets is None else (baseline_targets, by_split["test"])
     plots = [
         training_curves(run_dir / "csv" / "metrics.csv", plots_dir / "training_curves.png"),
         _pr_plot(y, curves, plots_dir / "pr_curve.png"),
@@ -134,8 +135,9 @@ def _scalars(m: dict) -> dict:
 def _pr_plot(y: np.ndarray, curves: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, s in curves.items():
-        p, r, _ = precision_recall_curve(y, s)
-        ax.plot(r, p, label=f"{name} (AP {average_precision_score(y, s):.3f})")
+        t, s = s if isinstance(s, tuple) else (y, s)  # (targets, scores): rows in another order than y's
+        p, r, _ = precision_recall_curve(t, s)
+        ax.plot(r, p, label=f"{name} (AP {average_precision_score(t, s):.3f})")
     ax.axhline(y.mean(), color="grey", linestyle="--", linewidth=1, label=f"fraud rate {y.mean():.3%}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall (test)")
     ax.legend(fontsize="small")
@@ -146,8 +148,9 @@ def _roc_plot(y: np.ndarray, curves: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for name, s in curves.items():
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+        t, s = s if isinstance(s, tuple) else (y, s)
+        fpr, tpr, _ = roc_curve(t, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(t, s):.3f})")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
     ax.legend(fontsize="small")
     return _save(fig, out)

@@ -15,7 +15,7 @@ from deepapps.apps.finance.fraud.config import TabularDataConfig
 from deepapps.apps.finance.fraud.features import (
     BUILTIN, LABELS, Encoded, FeatureSpec, check_columns, check_group_columns, encode, load_source, targets,
 )
-from deepapps.apps.finance.fraud.parquet import large_parquet, read_split
+from deepapps.apps.finance.fraud.parquet import large_parquet, parquet_files, read_split, split_batches
 from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
 from deepapps.apps.finance.fraud.tables import Columns, split_frame, tidy_frame
 from deepapps.core.data.tables import scan_table, table_schema
@@ -158,17 +158,29 @@ def _score_chunk(model, spec, chunk: pl.DataFrame, threshold: float, keep: list[
     return out
 
 
-def evaluated_rows(model: OnnxModel, data_path: str, split: str, group_columns: list[str] | None = None) -> pl.DataFrame:
+def streamed_input(data: TabularDataConfig, data_path: str) -> bool:
+    """Read a split without loading the table: a Parquet file above the streaming threshold, a folder of
+    them, or a Parquet input of a model fit with `--data.streaming true`."""
+    if data_path == BUILTIN:
+        return False
+    fit_streaming = str(data.streaming).lower() == "true" and parquet_files(data_path) is not None
+    return fit_streaming or large_parquet(data_path)[0] or Path(data_path).is_dir()
+
+
+def evaluated_rows(model: OnnxModel, data_path: str, split: str, group_columns: list[str] | None = None,
+                   read: list[str] | None = None) -> pl.DataFrame | Iterator[pl.DataFrame]:
     """The rows of `split` of labelled data, read and split exactly as fit did; `all`: every row.
 
     Args:
         group_columns: columns that must be in the data too (DataError naming the missing ones).
+        read: for a Parquet input above the streaming threshold (or a folder of them), return the split's
+            rows as record batches of these columns, in file order (`parquet.split_batches`: no row of the
+            table is held) instead of one frame in the split's order.
     """
     contract = model.contract
     spec = FeatureSpec.from_meta(contract.preprocess)
     data = TabularDataConfig(**contract.train.data_config)
-    # a Parquet file above the streaming threshold (or a folder of them): only the split's rows are read
-    streamed = split != "all" and data_path != BUILTIN and (large_parquet(data_path)[0] or Path(data_path).is_dir())
+    streamed = split != "all" and streamed_input(data, data_path)
     df = (tidy_frame(pl.scan_parquet(data_path).head(0).collect(), data.missing_values, numbers=False) if streamed
           else load_source(data_path, data))
     if spec.label not in df.columns:
@@ -182,6 +194,10 @@ def evaluated_rows(model: OnnxModel, data_path: str, split: str, group_columns: 
               "re-split by today's rule and may include rows it trained on", file=sys.stderr)
     if split == "all":
         part = df
+    elif streamed and read is not None:
+        if split not in ("train", "val", "test"):
+            raise DeepappsError(f"--split {split}: choose all, train, val or test")
+        return split_batches(data_path, data, columns, split, read)
     elif streamed:
         part = read_split(data_path, data, columns, split)
         if part is None:
@@ -194,6 +210,33 @@ def evaluated_rows(model: OnnxModel, data_path: str, split: str, group_columns: 
     if part.height == 0:
         raise DataError(f"{data_path}: the {split} split is empty (--split all scores every row)")
     return part
+
+
+def score_batches(model: OnnxModel, batches: Iterator[pl.DataFrame], spec: FeatureSpec, data_path: str,
+                  split: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(0/1 targets, (N, 2) probabilities, unseen categories) of record batches of labelled rows; only the
+    targets and probabilities are kept (9 bytes a row). `notes` gets each note of `targets` once.
+
+    Raises:
+        DataError: rows with bad values (all counted, the first named), or no row at all.
+    """
+    y, probs, unknown, bad, first = [], [], {}, 0, None
+    for frame in batches:
+        enc = encode(frame, spec)
+        if enc.bad.any():
+            bad, first = bad + int(enc.bad.sum()), first or enc.first_error
+            continue
+        seen: list[str] = []
+        y.append(targets(frame, spec.label, data_path, spec.positive, seen)[0].astype(np.uint8))
+        notes.extend(n for n in seen if n not in notes)
+        probs.append(score(model, enc).astype(np.float32))
+        for k, v in enc.unknown.items():
+            unknown[k] = unknown.get(k, 0) + v
+    if bad:
+        raise DataError(f"{data_path}: {bad} rows have bad values (first: {first})")
+    if not y:
+        raise DataError(f"{data_path}: the {split} split is empty (--split all scores every row)")
+    return np.concatenate(y).astype(np.int64), np.concatenate(probs), unknown
 
 
 class FraudServing(Serving):
@@ -228,24 +271,34 @@ class FraudServing(Serving):
         """Metrics of the ONNX model on `split` of the data, split exactly as in fit; `all`: every row."""
         contract = model.contract
         spec = FeatureSpec.from_meta(contract.preprocess)
-        part = evaluated_rows(model, data_path, split)
-        y, _ = targets(part, spec.label, data_path, spec.positive)
-        enc = encode(part, spec)
-        if enc.bad.any():
-            raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
-        probs = score(model, enc)
+        part = evaluated_rows(model, data_path, split, read=[spec.label, *spec.numeric, *spec.categorical])
+        notes: list[str] = []
+        if isinstance(part, pl.DataFrame):
+            y, _ = targets(part, spec.label, data_path, spec.positive, notes)
+            enc = encode(part, spec)
+            if enc.bad.any():
+                raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
+            probs, unknown = score(model, enc), enc.unknown
+        else:  # streamed: record batch by record batch, keeping the targets and probabilities only
+            y, probs, unknown = score_batches(model, part, spec, data_path, split, notes)
+        for note in notes:
+            print(f"deepapps: note: {note}", file=sys.stderr)
         decision, threshold = contract.details.get("decision", {}), contract.classification.threshold
         metrics = evaluation_head(split, data_path, len(y)) | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
                                                                               decision.get("top_k", 100))
         if threshold is not None:
             metrics["decision"] = decision_metrics(y, probs[:, 1], threshold, decision.get("cost_missed", 100.0),
                                                    decision.get("cost_review", 5.0))
-        metrics["unknown_categories"] = enc.unknown
+        metrics["unknown_categories"] = unknown
+        if notes:
+            metrics["notes"] = notes
         return ClassificationEvaluation(metrics, y, probs, LABELS, problem="binary")
 
     def group_values(self, model: OnnxModel, data_path: str, split: str, columns: list[str]) -> dict[str, list]:
         """The group columns of the rows `evaluate` scores (the same table, split and order)."""
-        part = evaluated_rows(model, data_path, split, columns)
+        part = evaluated_rows(model, data_path, split, columns, read=columns)
+        if not isinstance(part, pl.DataFrame):  # streamed: the rows and order of evaluate's batches
+            part = pl.concat(list(part))
         return {c: part[c].to_list() for c in columns}
 
     def decode_item(self, model: OnnxModel, item: dict) -> Encoded:

@@ -1,24 +1,34 @@
-"""Training on a Parquet file (or a folder of them) larger than memory: the train split streams.
+"""Training on a Parquet file (or a folder of them) larger than memory: every split streams.
 
-The in-memory `TabularDataModule` reads the whole table. This one reads the file in pieces:
+The in-memory `TabularDataModule` reads the whole table. This one reads the file in pieces and
+keeps nothing per row of the table:
 
 1. the schema, for the column roles (`find_columns`, the same detection);
-2. a first pass over the keys only (label and time columns): the split is decided from them by
-   the same `split_frame` (time-ordered or stratified), so the rows of each split are the rows the
-   in-memory path picks;
-3. the feature statistics on the train rows: the numeric columns are read a few at a time
-   (Parquet is columnar; `COLUMN_BYTES` each pass) and given to the same `FeatureSpec.fit` (exact
-   medians and quartiles, as in memory); categorical vocabularies are counted in a streaming
-   pass over record batches;
-4. a pass that encodes the validation and test rows (held in memory as float32/int64 arrays, the
-   rows the threshold, the early stopping and the evaluation need) and a sample of train rows for
-   the baselines (`BASELINE_ROWS`);
-5. each epoch streams the train rows: Parquet row groups in a shuffled order, record batches
+2. the split, decided from the keys only (time and label columns) by the same rule as
+   `split_frame`, and kept compactly (`SplitRule`): for the time split, the first (time, row) of
+   validation and of test, found by an exact radix selection over the time column (four passes
+   of 16-bit histograms, then one to place the ties: a stable sort's boundaries, no per-row
+   array); for the random (stratified) split, which draws rows, one uint8 code per row (1 byte
+   a row, 20 MB at 20M rows);
+3. a pass over the label and time columns: the label's values per split (the fraud value, the
+   class counts, the class weights);
+4. the feature statistics on the train rows: the numeric columns are read a few at a time
+   (Parquet is columnar; `COLUMN_VALUES` train values each pass, checked batch by batch) and given
+   to the same `FeatureSpec.fit` (exact medians and quartiles, as in memory: what grows with the
+   table is one numeric column of the train rows, float32, during this pass; about 7 copies of
+   it at the peak, 390 MB at 20M rows); categorical vocabularies are counted over record batches;
+5. a pass that encodes a seeded sample of the train rows for the baselines (`BASELINE_ROWS`)
+   and small samples of validation and test (`SAMPLE_ROWS`: the export's parity batch, the
+   feature importance);
+6. each epoch streams the train rows: Parquet row groups in a shuffled order, record batches
    encoded as they arrive, a shuffle buffer (`--data.shuffle_buffer` rows), batches of
-   `--data.batch_size`; DataLoader workers take every n-th row group.
+   `--data.batch_size`; DataLoader workers take every n-th row group. Validation and test stream
+   in file order in batches of `EVAL_BATCH` (`HeldOutStream`); the metrics keep what they need
+   (torchmetrics' exact AUPRC/AUROC keep each row's probabilities and target, about 28 bytes a
+   validation row; `split_scores`, the threshold and the baselines' scores, 5 bytes a row).
 
 The `FeatureSpec` (the ONNX preprocessing and contract) has the same fields and, for the same
-data, the same values as the in-memory path's.
+data, the same values as the in-memory path's; the split holds the same rows.
 """
 
 from __future__ import annotations
@@ -31,15 +41,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from deepapps.apps.finance.fraud.data import TabularDataModule
-from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns, targets
-from deepapps.apps.finance.fraud.parquet import parquet_files, wants_streaming
-from deepapps.apps.finance.fraud.tables import Columns, split_frame, tidy_frame
+from deepapps.apps.finance.fraud.features import LABELS, Encoded, FeatureSpec, encode, find_columns
+from deepapps.apps.finance.fraud.parquet import (  # noqa: F401 (SplitRule, time_keys: re-exported)
+    ParquetTable, SplitRule, parquet_files, split_rule, time_keys, wants_streaming,
+)
+from deepapps.apps.finance.fraud.tables import Columns, tidy_frame
 from deepapps.core.data.class_weights import class_weights
 from deepapps.core.errors import ConfigError, DataError
 
 BASELINE_ROWS = 200_000  # train rows (a seeded uniform sample) the baselines are fitted on when streaming
-READ_ROWS = 65_536  # rows per record batch read from Parquet
-COLUMN_BYTES = 2**28  # the statistics pass reads as many numeric columns at once as fit in 256 MiB
+SAMPLE_ROWS = 4096  # validation and test rows kept encoded (about; a seeded sample): parity batch, importance
+EVAL_BATCH = 4096  # rows per validation/test batch (as the in-memory DataModule's)
+COLUMN_VALUES = 2**23  # the statistics pass reads as many numeric columns at once as hold 8M train values
+# (float32: 32 MiB, about 7 copies in FeatureSpec.fit); one column when the train split is larger
 
 
 def tabular_datamodule(cfg) -> TabularDataModule:
@@ -51,10 +65,11 @@ def tabular_datamodule(cfg) -> TabularDataModule:
 
 
 class StreamingTabularDataModule(TabularDataModule):
-    """A TabularDataModule whose train split streams from Parquet (see the module docstring).
+    """A TabularDataModule whose splits stream from Parquet (see the module docstring).
 
     Attributes beyond the parent's: `sizes` (rows per split), `train_counts` (normal, fraud) of the
-    whole train split; `encoded["train"]`/`y["train"]` hold the baseline sample only.
+    whole train split, `rule` (the SplitRule); `encoded["train"]`/`y["train"]` hold the baseline sample,
+    `encoded["val"]`/`encoded["test"]` small samples (the rows themselves stream: `split_batches`).
     """
 
     def __init__(self, cfg):
@@ -81,15 +96,15 @@ class StreamingTabularDataModule(TabularDataModule):
                                      ("--data.time_column", cfg.time_column, self.columns.time)):
             if value == "auto":
                 print(f"deepapps: auto: {option} {found or 'none'} (found by name or type)", file=sys.stderr)
-        metadata = {f: pq.ParquetFile(f).metadata for f in files}
-        self.units = [(f, g, metadata[f].row_group(g).num_rows)  # (file, row group, rows): the unit of shuffling
-                      for f in files for g in range(metadata[f].num_row_groups)]
-        self.n_rows = sum(n for _, _, n in self.units)
+        self.table = ParquetTable(files, self._names, self.missing)
+        self.units, self.offsets, self.n_rows = self.table.units, self.table.offsets, self.table.n_rows
         if self.n_rows == 0:
             raise DataError(f"{source}: empty table (no rows)")
-        self._split_from_keys(source)
+        self.keys = [k for k in (self.columns.label, self.columns.time) if k]
+        self.rule = split_rule(self.table, Columns(label=self.columns.label, time=self.columns.time), cfg)
+        self._count_labels(source)
         self.spec = self._fit_spec(source)
-        self._encode_held_out(source)
+        self._encode_samples(source)
         self.labels, self.multilabel = LABELS, False
         self.n_synthetic, self._gan_seed, self._synthetic = 0, None, None
 
@@ -97,60 +112,66 @@ class StreamingTabularDataModule(TabularDataModule):
 
     def _read(self, columns: list[str], units=None):
         """Record batches of `columns` (tidy names) with the global row index of their first row."""
-        import pyarrow.parquet as pq
+        return self.table.read(columns, units)
 
-        names = [self._names[c] for c in columns]
-        offsets = np.cumsum([0] + [n for _, _, n in self.units])
-        for i in (range(len(self.units)) if units is None else units):
-            path, group, _ = self.units[i]
-            start = int(offsets[i])
-            for batch in pq.ParquetFile(path).iter_batches(READ_ROWS, row_groups=[group], columns=names):
-                frame = tidy_frame(pl.from_arrow(batch), self.missing, numbers=False)
-                yield start, frame
-                start += frame.height
-
-    def _split_from_keys(self, source: str) -> None:
+    def _count_labels(self, source: str) -> None:
+        """The label's values per split: the fraud value (as `targets` picks it on train), the class counts."""
         c = self.columns
-        keys = [k for k in (c.label, c.time) if k]
-        frame = pl.concat([f for _, f in self._read(keys)]).with_row_index("__row")
-        parts = split_frame(frame, Columns(label=c.label, time=c.time), self.cfg.split, self.cfg.val_fraction,
-                            self.cfg.test_fraction, self.cfg.split_seed)
-        y_train, positive = targets(parts["train"], c.label, source)
-        if len(np.unique(y_train)) < 2:
-            raise DataError(f"{source}: label column {c.label!r} has only one class in the train split")
-        self.positive = positive
-        self.index = {k: part["__row"].to_numpy().astype(np.int64) for k, part in parts.items()}  # split order
-        self.split_of = np.full(self.n_rows, -1, np.int8)
-        self.y_all = np.zeros(self.n_rows, np.int8)
-        for code, (k, part) in enumerate(parts.items()):
-            self.split_of[self.index[k]] = code
-            self.y_all[self.index[k]] = targets(part, c.label, source, positive)[0]
-        self.split_names = list(parts)
-        self.sizes = {k: len(v) for k, v in self.index.items()}
-        self.train_counts = np.bincount(self.y_all[self.index["train"]], minlength=2)
+        values: list[dict] = [{}, {}, {}]
+        for start, frame in self._read(self.keys):
+            codes = self.rule.of(start, frame)
+            labels = frame[c.label]
+            if labels.null_count():
+                raise DataError(f"{source}: label column {c.label!r} has {labels.null_count()} empty values")
+            counted = pl.DataFrame({"code": codes, "label": labels}).group_by("code", "label").len()
+            for code, label, count in counted.iter_rows():
+                values[code][label] = values[code].get(label, 0) + count
+        train = values[0]
+        if len(train) != 2:
+            raise DataError(f"{source}: label column {c.label!r} must have two classes, found {len(train)}: "
+                            f"{list(train)[:5]}")
+        self.positive = 1 if set(train) <= {0, 1} else min(train, key=train.get)  # {0, 1} holds False and True
+        for k, seen in zip(SplitRule.CODES[1:], values[1:]):
+            if len(seen) > 2 or (len(seen) == 2 and self.positive not in seen):
+                raise DataError(f"{source}: label column {c.label!r} holds {', '.join(sorted(map(repr, seen))[:5])} "
+                                f"in {k}; the fraud value {self.positive!r} is not one of them")
+        counts = [np.array([sum(n for v, n in seen.items() if v != self.positive), seen.get(self.positive, 0)])
+                  for seen in values]
+        self.split_names = list(SplitRule.CODES)
+        self.class_counts = dict(zip(SplitRule.CODES, counts))
+        self.sizes = {k: int(n.sum()) for k, n in self.class_counts.items()}
+        self.train_counts = self.class_counts["train"]
+
+    def _targets(self, frame: pl.DataFrame) -> np.ndarray:
+        return (frame[self.columns.label] == self.positive).cast(pl.Int64).to_numpy()
 
     def _fit_spec(self, source: str) -> FeatureSpec:
-        """`FeatureSpec.fit` on the train rows: numerics one column at a time, vocabularies streamed."""
-        c, cfg, train = self.columns, self.cfg, self.split_of == 0
+        """`FeatureSpec.fit` on the train rows: numerics a few columns at a time, vocabularies streamed."""
+        c, cfg = self.columns, self.cfg
         log_columns = [n for n in c.numeric if "amount" in n.lower()] if cfg.log_columns is None else cfg.log_columns
         spec = FeatureSpec(numeric=list(c.numeric), categorical=list(c.categorical),
                            log=[n in log_columns for n in c.numeric], center=[], scale=[], vocab={},
                            ids=list(c.ids), time=c.time, label=c.label, positive=self.positive)
-        per_pass = max(1, COLUMN_BYTES // (8 * self.n_rows))  # numeric columns read together
+        per_pass = max(1, COLUMN_VALUES // max(1, self.sizes["train"]))  # numeric columns read together
         for i in range(0, len(c.numeric), per_pass):
             names = c.numeric[i:i + per_pass]
-            columns = pl.concat([f for _, f in self._read(names)]).filter(pl.Series(train))
+            part_spec = FeatureSpec(numeric=list(names), categorical=[], log=[], center=[], scale=[], vocab={})
+            pieces = []  # the train values as float32 (what FeatureSpec.fit reads them as), checked batch by batch
+            for start, frame in self._read([*names, *self.keys]):
+                matrix, errors = _numeric_errors(frame.filter(pl.Series(self.rule.of(start, frame) == 0)), part_spec)
+                if errors is not None:
+                    raise DataError(f"{source}: train rows have bad values (first: {errors})")
+                pieces.append(pl.DataFrame(matrix, schema=list(names)))
+            columns = pl.concat(pieces, rechunk=False)
+            del pieces
             some = FeatureSpec.fit(columns, Columns(None, None, numeric=names), self.positive, log_columns)
-            _, errors = _numeric_errors(columns, some)
-            if errors is not None:
-                raise DataError(f"{source}: train rows have bad values (first: {errors})")
             spec.center.extend(some.center)
             spec.scale.extend(some.scale)
             del columns
         if c.categorical:
             counts: dict[str, dict[str, int]] = {name: {} for name in c.categorical}
-            for start, frame in self._read(c.categorical):
-                part = frame.filter(pl.Series(train[start:start + frame.height]))
+            for start, frame in self._read([*c.categorical, *self.keys]):
+                part = frame.filter(pl.Series(self.rule.of(start, frame) == 0))
                 for name in c.categorical:
                     vc = part[name].cast(pl.String).drop_nulls().value_counts()
                     seen = counts[name]
@@ -161,38 +182,65 @@ class StreamingTabularDataModule(TabularDataModule):
                 spec.vocab[name] = [str(v) for v, n in ranked if n >= cfg.min_category_count]
         return spec
 
-    def _encode_held_out(self, source: str) -> None:
-        """Validation and test rows (and the train sample for the baselines) encoded, in split order."""
+    def split_batches(self, split: str, units=None):
+        """(row indices, encoded rows, their 0/1 targets) of `split` per record batch, in file order.
+
+        Raises:
+            DataError: rows of the split with values the features cannot read.
+        """
+        code = SplitRule.CODES.index(split)
+        for start, frame in self._read([*self.columns.features, *self.keys], units=units):
+            rows = np.flatnonzero(self.rule.of(start, frame) == code)
+            if not len(rows):
+                continue
+            part = frame[rows]
+            enc = encode(part, self.spec)
+            if enc.bad.any():
+                raise DataError(f"{self.cfg.path}: {int(enc.bad.sum())} {split} rows have bad values "
+                                f"(first: {enc.first_error})")
+            yield start + rows, enc, self._targets(part)
+
+    def _encode_samples(self, source: str) -> None:
+        """A seeded sample of train rows (the baselines) and of val and test rows (parity batch, importance)."""
         rng = np.random.default_rng(self.cfg.split_seed)
-        train_index = self.index["train"]
-        sample = np.sort(rng.choice(train_index, min(BASELINE_ROWS, len(train_index)), replace=False))
-        wanted = {"train": sample, "val": np.sort(self.index["val"]), "test": np.sort(self.index["test"])}
-        held = np.full(self.n_rows, -1, np.int8)  # 0: train sample, 1: val, 2: test, -1: not held
-        for code, rows in enumerate(wanted.values()):
-            held[rows] = code
-        pieces: dict[str, list] = {k: [] for k in wanted}
-        for start, frame in self._read(self.columns.features):
-            codes = held[start:start + frame.height]
-            for code, k in enumerate(wanted):
-                rows = np.flatnonzero(codes == code)
+        want = {"train": BASELINE_ROWS, "val": SAMPLE_ROWS, "test": SAMPLE_ROWS}
+        share = {k: min(1.0, want[k] / max(1, self.sizes[k])) for k in want}
+        pieces: dict[str, list] = {k: [] for k in want}
+        for start, frame in self._read([*self.columns.features, *self.keys]):
+            codes = self.rule.of(start, frame)
+            draw = rng.random(frame.height)
+            for code, k in enumerate(SplitRule.CODES):
+                rows = np.flatnonzero((codes == code) & (draw < share[k]))
                 if len(rows):
-                    pieces[k].append(encode(frame[rows], self.spec))
-        del held
+                    pieces[k].append((encode(frame[rows], self.spec), self._targets(frame[rows])))
         self.encoded, self.y = {}, {}
-        for k, rows in wanted.items():
-            enc = _concat(pieces[k], self.spec)
+        for k, parts in pieces.items():
+            enc = _concat([p for p, _ in parts], self.spec)
             if enc.bad.any():
                 raise DataError(f"{source}: {int(enc.bad.sum())} {k} rows have bad values (first: {enc.first_error})")
-            if k != "train":  # file order -> the order of the split (as the in-memory path holds it)
-                order = np.searchsorted(rows, self.index[k])
-                enc = Encoded(enc.numeric[order], enc.categorical[order], enc.errors.gather(order), enc.unknown)
-                rows = self.index[k]
-            self.encoded[k], self.y[k] = enc, self.y_all[rows].astype(np.int64)
+            self.encoded[k] = enc
+            self.y[k] = np.concatenate([t for _, t in parts]) if parts else np.zeros(0, np.int64)
 
     # --- what the fit flow asks for ---------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TrainStream(self), batch_size=None, num_workers=self.cfg.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(HeldOutStream(self, "val"), batch_size=None, num_workers=self.cfg.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(HeldOutStream(self, "test"), batch_size=None, num_workers=self.cfg.num_workers)
+
+    def split_scores(self, scorers: dict, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """As the parent's, streamed: the scores and targets are gathered, the rows are not (5 bytes a row)."""
+        y, scores = [], {name: [] for name in scorers}
+        for _, enc, target in self.split_batches(split):
+            y.append(target.astype(np.uint8))
+            for name, score in scorers.items():
+                scores[name].append(np.asarray(score(enc), np.float32))
+        out = {name: np.concatenate(s) if s else np.zeros(0, np.float32) for name, s in scores.items()}
+        return (np.concatenate(y) if y else np.zeros(0, np.uint8)).astype(np.int64), out
 
     def synthetic(self) -> Encoded:
         raise ConfigError("--data.gan_oversample needs the train split in memory: use --data.streaming false")
@@ -204,11 +252,36 @@ class StreamingTabularDataModule(TabularDataModule):
     def summary(self) -> dict:
         out = super().summary()
         out["sizes"] = dict(self.sizes)
-        counts = {k: np.bincount(self.y_all[v], minlength=2) for k, v in self.index.items()}
-        out["class_counts"] = {k: {LABELS[0]: int(n[0]), LABELS[1]: int(n[1])} for k, n in counts.items()}
-        out["notes"].append(f"streaming: train rows streamed (shuffle buffer {self.cfg.shuffle_buffer} rows); "
-                            f"baselines fitted on {len(self.y['train'])} sampled train rows")
+        out["class_counts"] = {k: {LABELS[0]: int(n[0]), LABELS[1]: int(n[1])} for k, n in self.class_counts.items()}
+        kept = "split boundaries of the time order" if self.rule.codes is None else "a split code per row"
+        out["notes"].append(f"streaming: every split streamed (shuffle buffer {self.cfg.shuffle_buffer} train rows; "
+                            f"{kept}); baselines fitted on {len(self.y['train'])} sampled train rows")
         return out
+
+
+class HeldOutStream(IterableDataset):
+    """The validation or test rows of a StreamingTabularDataModule as (inputs..., target) batches, file order."""
+
+    def __init__(self, dm: StreamingTabularDataModule, split: str):
+        self.dm, self.split = dm, split
+
+    def __len__(self) -> int:
+        return (self.dm.sizes[self.split] + EVAL_BATCH - 1) // EVAL_BATCH
+
+    def __iter__(self):
+        dm, units = self.dm, np.arange(len(self.dm.units))
+        worker = get_worker_info()
+        if worker is not None:
+            units = units[worker.id::worker.num_workers]
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        held = 0
+        for _, enc, target in dm.split_batches(self.split, units=units):
+            pending.append((enc.numeric, enc.categorical, target))
+            held += len(target)
+            if held >= EVAL_BATCH:
+                pending, held = yield from _emit(pending, None, EVAL_BATCH, keep=EVAL_BATCH - 1, spec=dm.spec)
+        if pending:
+            yield from _emit(pending, None, EVAL_BATCH, keep=0, spec=dm.spec, partial=True)
 
 
 class TrainStream(IterableDataset):
@@ -227,29 +300,26 @@ class TrainStream(IterableDataset):
         worker = get_worker_info()
         if worker is not None:
             units = units[worker.id::worker.num_workers]
-        train = dm.split_of == 0
         buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         held = 0
-        for start, frame in dm._read(dm.columns.features, units=units):
-            rows = np.flatnonzero(train[start:start + frame.height])
-            if not len(rows):
-                continue
-            enc = encode(frame[rows], dm.spec)
-            buffer.append((enc.numeric, enc.categorical, dm.y_all[rows + start].astype(np.int64)))
-            held += len(rows)
+        for _, enc, target in dm.split_batches("train", units=units):
+            buffer.append((enc.numeric, enc.categorical, target))
+            held += len(target)
             if held >= dm.cfg.shuffle_buffer:
                 buffer, held = yield from _emit(buffer, rng, batch, keep=dm.cfg.shuffle_buffer // 2, spec=dm.spec)
         yield from _emit(buffer, rng, batch, keep=0, spec=dm.spec)
 
 
-def _emit(buffer, rng, batch: int, keep: int, spec: FeatureSpec):
-    """Shuffle the buffer, yield full batches until at most `keep` (+ < batch) rows remain; return the rest."""
+def _emit(buffer, rng, batch: int, keep: int, spec: FeatureSpec, partial: bool = False):
+    """Shuffle the buffer (rng None: keep the order), yield full batches until at most `keep` (+ < batch) rows
+    remain (`partial`: and the last, shorter batch); return the rest."""
     if not buffer:
         return [], 0
     numeric, categorical, y = (np.concatenate(parts) for parts in zip(*buffer))
-    order = rng.permutation(len(y))
-    numeric, categorical, y = numeric[order], categorical[order], y[order]
-    n_out = max(0, (len(y) - keep) // batch) * batch
+    if rng is not None:
+        order = rng.permutation(len(y))
+        numeric, categorical, y = numeric[order], categorical[order], y[order]
+    n_out = len(y) if partial else max(0, (len(y) - keep) // batch) * batch
     for i in range(0, n_out, batch):
         out = [torch.from_numpy(numeric[i:i + batch])]
         if spec.categorical:

@@ -75,6 +75,11 @@ class AutoencoderModule(ClassificationModule):
         metrics.update(self.probabilities(self(*inputs).float()), target)
 
 
+def encoded_inputs(enc, spec: FeatureSpec) -> tuple[torch.Tensor, ...]:
+    """Graph inputs of encoded rows: (numeric,) or (numeric, categorical)."""
+    return (torch.from_numpy(enc.numeric),) + ((torch.from_numpy(enc.categorical),) if spec.categorical else ())
+
+
 @torch.no_grad()
 def torch_scores(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch: int = 8192) -> np.ndarray:
     """Fraud probability per row from the torch network (eval mode)."""
@@ -121,29 +126,39 @@ class FraudTraining(Training):
     def post_fit(self, module, built: Built, cfg: FraudFitConfig) -> PostFit:
         """The cost threshold on validation (stored in the model), and the baselines on the same split."""
         dm, d = built.datamodule, cfg.decision
-        val_scores = torch_scores(module.net.cpu(), dm.inputs("val"))
-        threshold = cost_threshold(dm.y["val"], val_scores, d.cost_missed, d.cost_review)
+        net = module.net.cpu()
+        network = {"network": lambda enc: torch_scores(net, encoded_inputs(enc, dm.spec))}
+        baselines = {}
+        if cfg.baselines:
+            from deepapps.apps.finance.fraud.baselines import baseline_scorers
+
+            baselines = baseline_scorers(dm.encoded["train"], dm.y["train"], dm.spec, cfg.seed)
+        # one pass over each split (streamed when the DataModule streams): targets and scores only
+        targets, scores = {}, {}
+        targets["val"], scores["val"] = dm.split_scores(network | baselines, "val")
+        if baselines:
+            targets["test"], scores["test"] = dm.split_scores(baselines, "test")
+        val_scores = scores["val"].pop("network")
+        threshold = cost_threshold(targets["val"], val_scores, d.cost_missed, d.cost_review)
         state = {
             "threshold": threshold,
             "decision": {"cost_missed": d.cost_missed, "cost_review": d.cost_review, "fpr": d.fpr, "top_k": d.top_k,
                          "chosen_on": "val",
-                         "val": decision_metrics(dm.y["val"], val_scores, threshold, d.cost_missed, d.cost_review)},
+                         "val": decision_metrics(targets["val"], val_scores, threshold, d.cost_missed, d.cost_review)},
         }
         log.info("threshold %.4f chosen on validation (cost missed %g, review %g)", threshold, d.cost_missed, d.cost_review)
         if not cfg.baselines:
             return PostFit(state)
-        from deepapps.apps.finance.fraud.baselines import fit_baselines
-
-        scores = fit_baselines(dm.encoded, dm.y["train"], dm.spec, cfg.seed)
+        scores = {name: {split: scores[split][name] for split in ("val", "test")} for name in baselines}
         state["baselines"] = {}
         for name, by_split in scores.items():
-            t = cost_threshold(dm.y["val"], by_split["val"], d.cost_missed, d.cost_review)
+            t = cost_threshold(targets["val"], by_split["val"], d.cost_missed, d.cost_review)
             state["baselines"][name] = {
-                split: fraud_metrics(dm.y[split], s, d.fpr, d.top_k)
-                | {"decision": decision_metrics(dm.y[split], s, t, d.cost_missed, d.cost_review)}
+                split: fraud_metrics(targets[split], s, d.fpr, d.top_k)
+                | {"decision": decision_metrics(targets[split], s, t, d.cost_missed, d.cost_review)}
                 for split, s in by_split.items()
             }
-        return PostFit(state, {"baseline_scores": scores})
+        return PostFit(state, {"baseline_scores": scores, "baseline_targets": targets})
 
     def served(self, built: Built, state: dict) -> Served:
         """Softmax over the batch-norm-folded network; the cost threshold and its costs in the contract."""
@@ -165,22 +180,15 @@ class FraudTraining(Training):
         """`fairness`: by group (core.fairness) on validation (the torch network) and test (the ONNX
         model's evaluation), at the model's threshold; `fairness_thresholds`: per group column, the
         TPR-parity thresholds fitted on validation, judged on test (cfg.fairness_thresholds)."""
-        from deepapps.core.fairness import evaluation_fairness, tpr_parity_thresholds
+        from deepapps.core.fairness import fit_fairness
         from deepapps.core.runtime.evaluation import ClassificationEvaluation
 
-        dm, kind, columns = run.built.datamodule, run.contract.classification, run.cfg.data.group_columns
+        dm, columns = run.built.datamodule, run.cfg.data.group_columns
         val_scores = torch_scores(run.module.net.cpu(), dm.inputs("val"))
         val = ClassificationEvaluation({}, dm.y["val"], np.stack([1 - val_scores, val_scores], 1), LABELS, "binary")
         groups = {split: {c: dm.frames[split][c].to_list() for c in columns} for split in ("val", "test")}
-        out = {"fairness": {split: evaluation_fairness(evaluation, kind, groups[split])
-                            for split, evaluation in (("val", val), ("test", run.evaluation))}}
-        if run.cfg.fairness_thresholds:
-            threshold = out["fairness"]["test"]["threshold"]
-            out["fairness_thresholds"] = {
-                c: tpr_parity_thresholds((dm.y["val"], val_scores, groups["val"][c]),
-                                         (run.evaluation.targets, run.evaluation.scores, groups["test"][c]), threshold)
-                for c in columns}
-        return out
+        return fit_fairness(run.contract.classification, {"val": val, "test": run.evaluation}, groups,
+                            run.cfg.fairness_thresholds)
 
     def int8_method(self, cfg: FraudFitConfig) -> Int8Method:
         """Not offered: measured on the tiny MLP, int8 does not pay (benchmarks/run_all.py)."""
