@@ -207,12 +207,27 @@ def parse_config(app: AppSpec, command: str, argv: list[str], with_ckpt: bool = 
 
 def _fit(app: AppSpec, command: str, argv: list[str], search: dict | None = None) -> int:
     parser, namespace, cfg, values = parse_config(app, command, argv)
+    if cfg.trainer.spark_processes:  # the same command in N DDP processes on Spark (core/training/spark_fit.py)
+        if search is not None:
+            raise ConfigError("--trainer.spark_processes: tune's refit trains in one process; drop it from the config")
+        from deepapps.core.runtime import remote
+
+        if cfg.trainer.spark_local_mode and not remote.is_remote(cfg.run_dir):
+            _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
+        from deepapps.core.training.spark_fit import spark_fit
+
+        print(spark_fit(app, argv, cfg))
+        return 0
     run_url = _remote_fit_paths(cfg)
     _writable_folder(Path(cfg.run_dir or "runs"), "--run_dir")
     from deepapps.core.training.fit import fit
 
     yaml = parser.dump(namespace, skip_none=False)
     run_dir = fit(app, cfg, values, _strip_config_keys(yaml), search=search)
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0):  # another DDP rank: rank 0 prints and uploads the run folder
+        return 0
     print(_upload_run(run_dir, run_url))
     return 0
 

@@ -35,7 +35,7 @@ from deepapps.core.training import privacy
 from deepapps.core.training.interface import Built, FitRun
 from deepapps.core.training.quantize import export_int8
 from deepapps.core.training.trainer import (
-    eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision, training_ended,
+    eval_trainer, make_trainer, merge_logs, read_logs, resolve_precision, trainer_info, training_ended,
 )
 
 log = logging.getLogger("deepapps")
@@ -138,6 +138,7 @@ def fit(app: AppSpec, cfg, config: dict, config_yaml: str, search: dict | None =
     evaluator, dm = eval_trainer(cfg.trainer), built.datamodule
     metrics = {
         "best_checkpoint": best.name,
+        "trainer": trainer_info(trained.trainer),
         "val": _strip(evaluator.validate(module, datamodule=dm, verbose=False)[0], "val/"),
         "test_torch": _strip(evaluator.test(module, datamodule=dm, verbose=False)[0], "test/"),
     }

@@ -3,7 +3,10 @@ what makes `--resume` exact (the random states in every checkpoint) and lossless
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,6 +155,7 @@ def _trainer(cfg: TrainerConfig, run_dir: Path, callbacks: list, loggers: list, 
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=resolve_precision(cfg),
         callbacks=callbacks,
@@ -166,6 +170,25 @@ def _trainer(cfg: TrainerConfig, run_dir: Path, callbacks: list, loggers: list, 
         enable_model_summary=False,
         **options,
     )
+
+
+def trainer_info(trainer: L.Trainer) -> dict:
+    """How a fit trained (metrics.json's `trainer`): strategy, world size, nodes, devices,
+    accelerator, precision; `spark` when pyspark's TorchDistributor launched it."""
+    strategy = type(trainer.strategy).__name__.removesuffix("Strategy")  # DDP, SingleDevice, FSDP, DeepSpeed
+    info = {
+        "strategy": re.sub(r"(?<=[a-z])(?=[A-Z])", "_", strategy).lower(),  # ddp, single_device, ...
+        "world_size": trainer.world_size, "num_nodes": trainer.num_nodes, "devices": trainer.num_devices,
+        "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+        "precision": str(trainer.precision),
+    }
+    if SPARK_ENV in os.environ:
+        info["spark"] = json.loads(os.environ[SPARK_ENV])
+    return info
+
+
+SPARK_ENV = "DEEPAPPS_SPARK"
+"""Set by core.training.spark_fit in each process it launches: JSON of how (processes, local_mode)."""
 
 
 def eval_trainer(cfg: TrainerConfig) -> L.Trainer:

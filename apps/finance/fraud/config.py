@@ -124,6 +124,11 @@ class DecisionConfig:
     """False-positive rate at which recall is reported."""
     top_k: int = 100
     """k of precision at k (the k highest scores of a split)."""
+    group_thresholds: str | None = None
+    """A categorical feature column (also a model input) whose groups get their own decision thresholds, set on
+    validation so that each group's TPR equals the model's overall TPR (core.fairness.equal_tpr_thresholds; groups
+    with fewer than 20 validation frauds keep the cost threshold). Stored in the model and applied by predict, serve
+    and evaluate; metrics.json `group_thresholds` reports the test TPR gap and cost before and after."""
 
 
 @dataclass

@@ -213,6 +213,23 @@ def category_codes(df: pl.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, dic
     return np.ascontiguousarray(codes.to_numpy(), dtype=np.int64), unknown
 
 
+def group_values(enc: Encoded, spec: FeatureSpec, column: str) -> list[str | None]:
+    """The value of categorical feature `column` in each encoded row, as the model saw it (None: unknown)."""
+    if column not in spec.categorical:
+        raise DataError(f"group thresholds: {column!r} is not a categorical feature of the model")
+    vocab = spec.vocab[column]
+    return [vocab[k - 1] if k > 0 else None for k in enc.categorical[:, spec.categorical.index(column)]]
+
+
+def row_thresholds(enc: Encoded, spec: FeatureSpec, rule: dict | None, threshold: float) -> float | np.ndarray:
+    """`threshold`, or with a per-group `rule` (the contract's `group_thresholds`) each row's group threshold."""
+    if not rule:
+        return threshold
+    from deepapps.core.fairness import thresholds_for
+
+    return thresholds_for(group_values(enc, spec, rule["column"]), rule)
+
+
 def encode(df: pl.DataFrame, spec: FeatureSpec) -> Encoded:
     """Raw rows -> (numeric, categorical codes); bad values become row errors, not exceptions."""
     numeric, errors = numeric_matrix(df, spec)

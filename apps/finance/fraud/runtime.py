@@ -13,7 +13,8 @@ import polars as pl
 
 from deepapps.apps.finance.fraud.config import TabularDataConfig
 from deepapps.apps.finance.fraud.features import (
-    BUILTIN, LABELS, Encoded, FeatureSpec, check_columns, check_group_columns, encode, load_source, targets,
+    BUILTIN, LABELS, Encoded, FeatureSpec, check_columns, check_group_columns, encode, load_source, row_thresholds,
+    targets,
 )
 from deepapps.apps.finance.fraud.parquet import large_parquet, parquet_files, read_split, split_batches
 from deepapps.apps.finance.fraud.scoring import decision_metrics, fraud_metrics
@@ -62,6 +63,7 @@ def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_siz
     if chunk_size < 1:
         raise DeepappsError(f"--chunk-size {chunk_size}: must be at least 1")
     spec = FeatureSpec.from_meta(model.contract.preprocess)
+    rule = model.contract.details.get("group_thresholds") if threshold is None else None  # --threshold: one for all
     threshold = model.contract.classification.threshold if threshold is None else threshold
     threshold = 0.5 if threshold is None else float(threshold)
     names = tidy_frame(scan_table(input), numbers=False).collect_schema().names()
@@ -75,16 +77,16 @@ def predict_file(model: OnnxModel, input: str | Path, out: str | Path, chunk_siz
         print(f"ignored columns ({len(ignored)}): {', '.join(ignored)}", file=sys.stderr)
     start = time.perf_counter()
     try:
-        stats = _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric=False)
+        stats = _stream(model, spec, input, out, chunk_size, (threshold, rule), keep, string_numeric=False)
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
         # a CSV whose numeric column holds text further down: read those columns as text, flag bad rows
-        stats = _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric=True)
+        stats = _stream(model, spec, input, out, chunk_size, (threshold, rule), keep, string_numeric=True)
     stats["seconds"] = time.perf_counter() - start
     stats["rows_per_s"] = stats["rows"] / stats["seconds"] if stats["seconds"] else 0.0
     return stats
 
 
-def _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric: bool) -> dict:
+def _stream(model, spec, input, out, chunk_size, decision: tuple[float, dict | None], keep, string_numeric: bool) -> dict:
     """One pass: polars reads chunks, each is scored as it arrives and the output sink (a
     polars streaming sink fed by a Python source) writes it while the next chunk is scored."""
     from polars.io.plugins import register_io_source
@@ -99,7 +101,7 @@ def _stream(model, spec, input, out, chunk_size, threshold, keep, string_numeric
 
     def scored(*_) -> Iterator[pl.DataFrame]:
         for chunk in _chunks(lf.select(columns), Path(input).suffix.lower() != ".csv", chunk_size):
-            yield _score_chunk(model, spec, chunk, threshold, keep, stats)
+            yield _score_chunk(model, spec, chunk, decision, keep, stats)
         if stats["rows"] == 0:  # raised inside the sink: the temporary file is removed
             raise DataError(f"{input}: empty table (no rows)")
 
@@ -130,13 +132,16 @@ def _chunks(lf: pl.LazyFrame, parquet: bool, size: int) -> Iterator[pl.DataFrame
         offset += size
 
 
-def _score_chunk(model, spec, chunk: pl.DataFrame, threshold: float, keep: list[str], stats: dict) -> pl.DataFrame:
+def _score_chunk(model, spec, chunk: pl.DataFrame, decision: tuple[float, dict | None], keep: list[str],
+                 stats: dict) -> pl.DataFrame:
+    """Scores and decisions of one chunk; `decision`: (threshold, the per-group rule or None)."""
+    threshold, rule = decision
     enc = encode(chunk, spec)
     bad = enc.bad
     scores = np.full(chunk.height, np.nan, np.float32)
     ok = np.flatnonzero(~bad) if bad.any() else slice(None)
     scores[ok] = score(model, enc, ok)[:, 1]
-    decision = scores >= threshold
+    decision = scores >= row_thresholds(enc, spec, rule, threshold)
     stats["rows"] += chunk.height
     stats["bad"] += int(bad.sum())
     if bad.any() and stats["first_error"] is None:
@@ -279,15 +284,19 @@ class FraudServing(Serving):
             if enc.bad.any():
                 raise DataError(f"{data_path}: {int(enc.bad.sum())} rows have bad values (first: {enc.first_error})")
             probs, unknown = score(model, enc), enc.unknown
+            thresholds = row_thresholds(enc, spec, contract.details.get("group_thresholds"), contract.classification.threshold)
         else:  # streamed: record batch by record batch, keeping the targets and probabilities only
             y, probs, unknown = score_batches(model, part, spec, data_path, split, notes)
+            thresholds = contract.classification.threshold
+            if contract.details.get("group_thresholds"):
+                notes.append("streamed evaluate: decision figures at the model's one threshold, not its per-group ones")
         for note in notes:
             print(f"deepapps: note: {note}", file=sys.stderr)
         decision, threshold = contract.details.get("decision", {}), contract.classification.threshold
         metrics = evaluation_head(split, data_path, len(y)) | fraud_metrics(y, probs[:, 1], decision.get("fpr", 0.01),
                                                                               decision.get("top_k", 100))
         if threshold is not None:
-            metrics["decision"] = decision_metrics(y, probs[:, 1], threshold, decision.get("cost_missed", 100.0),
+            metrics["decision"] = decision_metrics(y, probs[:, 1], thresholds, decision.get("cost_missed", 100.0),
                                                    decision.get("cost_review", 5.0))
         metrics["unknown_categories"] = unknown
         if notes:
@@ -324,4 +333,7 @@ class FraudServing(Serving):
         scores = score(model, batch)[:, 1]
         threshold = model.contract.classification.threshold
         threshold = 0.5 if threshold is None else float(threshold)
-        return [{"score": round(float(s), 6), "decision": bool(s >= threshold)} for s in scores]
+        spec = FeatureSpec.from_meta(model.contract.preprocess)
+        thresholds = np.broadcast_to(row_thresholds(batch, spec, model.contract.details.get("group_thresholds"), threshold),
+                                     scores.shape)
+        return [{"score": round(float(s), 6), "decision": bool(s >= t)} for s, t in zip(scores, thresholds)]

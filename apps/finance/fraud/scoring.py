@@ -42,12 +42,13 @@ def recall_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float) -> float:
 
 
 def decision_metrics(y: np.ndarray, score: np.ndarray, threshold: float, cost_missed: float, cost_review: float) -> dict:
-    """Precision, recall, flagged share and cost of the decisions `score >= threshold`."""
+    """Precision, recall, flagged share and cost of the decisions `score >= threshold` (one threshold,
+    or one per row: per-group thresholds, reported as their mean)."""
     y, flag = np.asarray(y).astype(int), np.asarray(score) >= threshold
     tp, fp, fn = int((flag & (y == 1)).sum()), int((flag & (y == 0)).sum()), int((~flag & (y == 1)).sum())
     cost = cost_missed * fn + cost_review * (tp + fp)
     return {
-        "threshold": float(threshold),
+        "threshold": float(np.mean(threshold)) if np.size(threshold) else None,
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / (tp + fn) if tp + fn else None,
         "flagged_share": float(flag.mean()) if len(y) else None,

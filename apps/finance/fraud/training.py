@@ -97,6 +97,8 @@ class FraudTraining(Training):
         from a checkpoint the statistics are the checkpoint's, and the data is optional."""
         dm = tabular_datamodule(cfg.data) if with_data else None  # in memory, or streamed (--data.streaming)
         spec = FeatureSpec.from_meta(saved.preprocess) if saved is not None else dm.spec
+        if (column := cfg.decision.group_thresholds) and saved is None:
+            check_group_thresholds(column, spec, dm)
         net = create_model(spec, cfg.model)
         inputs = [TensorSpec("numeric", "float32", ["batch", len(spec.numeric)], details={
             "columns": spec.numeric, "note": "raw values; NaN = missing (filled and flagged in the graph)"})]
@@ -147,6 +149,15 @@ class FraudTraining(Training):
                          "val": decision_metrics(targets["val"], val_scores, threshold, d.cost_missed, d.cost_review)},
         }
         log.info("threshold %.4f chosen on validation (cost missed %g, review %g)", threshold, d.cost_missed, d.cost_review)
+        if d.group_thresholds:
+            from deepapps.apps.finance.fraud.features import group_values
+            from deepapps.core.fairness import equal_tpr_thresholds
+
+            groups = group_values(dm.encoded["val"], dm.spec, d.group_thresholds)
+            state["group_thresholds"] = {"column": d.group_thresholds, "chosen_on": "val"} | equal_tpr_thresholds(
+                targets["val"], val_scores, groups, threshold)
+            log.info("per-group thresholds of %s at TPR %.3f: %s", d.group_thresholds,
+                     state["group_thresholds"]["target_tpr"], state["group_thresholds"]["thresholds"])
         if not cfg.baselines:
             return PostFit(state)
         scores = {name: {split: scores[split][name] for split in ("val", "test")} for name in baselines}
@@ -164,6 +175,8 @@ class FraudTraining(Training):
         """Softmax over the batch-norm-folded network; the cost threshold and its costs in the contract."""
         kind = Classification(LABELS, "binary", state.get("threshold"), 1.0, 1)
         details = {"decision": state["decision"]} if "decision" in state else {}
+        if "group_thresholds" in state:  # applied by predict, serve and evaluate (features.row_thresholds)
+            details["group_thresholds"] = state["group_thresholds"]
         return Served(served_module(built.net), kind, details)
 
     def artifacts(self, run: FitRun) -> dict:
@@ -174,6 +187,8 @@ class FraudTraining(Training):
                "feature_importance": feature_importance(run.module.net, run.built.datamodule)}
         if run.cfg.data.group_columns:
             out |= self.fairness(run)
+        if rule := run.post_fit.state.get("group_thresholds"):
+            out["group_thresholds"] = group_threshold_effect(run, rule)
         return out
 
     def fairness(self, run: FitRun) -> dict:
@@ -199,3 +214,37 @@ class FraudTraining(Training):
         from deepapps.apps.finance.fraud.report import write_fraud_report
 
         write_fraud_report(run)
+
+
+def check_group_thresholds(column: str, spec: FeatureSpec, dm) -> None:
+    """One line unless `--decision.group_thresholds` names a categorical feature of an in-memory fit."""
+    from deepapps.apps.finance.fraud.streaming import StreamingTabularDataModule
+
+    if column not in spec.categorical:
+        raise ConfigError(f"--decision.group_thresholds {column}: not a categorical feature of the model "
+                          f"(features: {', '.join(spec.categorical) or 'none'}); add it to --data.categorical_columns")
+    if isinstance(dm, StreamingTabularDataModule):
+        raise ConfigError("--decision.group_thresholds needs the rows in memory: use --data.streaming false")
+
+
+def group_threshold_effect(run: FitRun, rule: dict) -> dict:
+    """The shipped per-group thresholds on the test rows (the ONNX model's scores): per group the TPR and
+    the share flagged, the TPR gap, accuracy and cost, with the one cost threshold and with the rule."""
+    from deepapps.apps.finance.fraud.features import group_values
+    from deepapps.core.fairness import group_labels, thresholds_for
+
+    dm, d = run.built.datamodule, run.cfg.decision
+    y, s = np.asarray(run.evaluation.targets).astype(bool), np.asarray(run.evaluation.scores)  # positive-class scores
+    groups = group_labels(group_values(dm.encoded["test"], dm.spec, rule["column"]))
+    if len(groups) != len(y):
+        raise ConfigError(f"group thresholds: {len(groups)} test rows in the data module, {len(y)} scored")
+    out = {"column": rule["column"], "thresholds": rule["thresholds"], "kept": rule["kept"]}
+    for name, threshold in (("before", np.full(len(y), rule["default"])), ("after", thresholds_for(groups, rule))):
+        flag = s >= threshold
+        by_group = {g: {"n": int((groups == g).sum()), "tpr": float(flag[y & (groups == g)].mean())
+                        if (y & (groups == g)).any() else None, "selection_rate": float(flag[groups == g].mean())}
+                    for g in sorted(set(groups))}
+        tprs = [v["tpr"] for v in by_group.values() if v["tpr"] is not None]
+        out[name] = {"accuracy": float((flag == y).mean()), "tpr_difference": max(tprs) - min(tprs) if tprs else None,
+                     "decision": decision_metrics(y, s, threshold, d.cost_missed, d.cost_review), "groups": by_group}
+    return out
