@@ -35,6 +35,8 @@ def test_thresholds_travel_in_the_model_and_metrics(run):
     effect = json.loads((run / "metrics.json").read_text())["group_thresholds"]
     assert set(effect["before"]["groups"]) == set(effect["after"]["groups"])
     assert effect["thresholds"] == rule["thresholds"]
+    card = (run / "model_card.md").read_text()
+    assert "Per-group decision thresholds" in card and "one threshold per value of `channel`" in card
 
 
 def test_predict_serve_and_evaluate_apply_the_group_threshold(run, tmp_path, capsys):

@@ -78,6 +78,7 @@ def write_fraud_report(run: FitRun) -> Path:
                      *([fairness_section(fairness, f"label {built.datamodule.spec.positive!r}",
                                          built.datamodule.columns.features, metrics.get("fairness_thresholds"))]
                        if fairness else []),
+                     *([group_thresholds_section(metrics["group_thresholds"])] if metrics.get("group_thresholds") else []),
                      *([privacy_section(run.post_fit.state["privacy"])] if run.post_fit.state.get("privacy") else []),
                      *([search_section(run.search)] if run.search else [])],
         "intended_use": (
@@ -173,3 +174,26 @@ def _save(fig, out: Path) -> Path:
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return out
+
+
+def group_thresholds_section(effect: dict) -> tuple[str, str]:
+    """(heading, Markdown) of the per-group thresholds the model applies (metrics.json `group_thresholds`)."""
+    column, before, after = effect["column"], effect["before"], effect["after"]
+    rows = [[g, f"{effect['thresholds'][g]:.3f}" if g in effect["thresholds"] else "the cost threshold",
+             _fmt(before["groups"][g]["tpr"]), _fmt(after["groups"][g]["tpr"]),
+             _fmt(before["groups"][g]["selection_rate"]), _fmt(after["groups"][g]["selection_rate"])]
+            for g in after["groups"]]
+    table = "\n".join(["| group | threshold | TPR (one threshold) | TPR (per group) | selected (one) | selected (per group) |",
+                       "|---|---|---|---|---|---|", *("| " + " | ".join(map(str, r)) + " |" for r in rows)])
+    text = (f"This model decides with one threshold per value of `{column}`, a model input: chosen on validation so "
+            f"that each group's TPR reaches the model's overall TPR (groups with few positives keep the cost threshold). "
+            f"On the test rows the TPR gap is {_fmt(before['tpr_difference'])} with one threshold and "
+            f"{_fmt(after['tpr_difference'])} with the per-group ones; accuracy {_fmt(before['accuracy'])} -> "
+            f"{_fmt(after['accuracy'])}, cost {before['decision']['cost']:g} -> {after['decision']['cost']:g}. "
+            f"Treating groups differently on purpose is a policy choice; `predict --threshold T` applies one threshold "
+            f"to everyone.\n\n{table}")
+    return "Per-group decision thresholds", text
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
