@@ -1,6 +1,5 @@
 """The new head starts at the linear probe of the frozen features (model.head_init probe)."""
 
-import numpy as np
 import pytest
 import torch
 import yaml
