@@ -43,6 +43,8 @@ def find_columns(df: pl.DataFrame, source: str, data, with_label: bool = True) -
         exclude=[*data.exclude_columns, *(data.group_columns or [])],  # group columns: reporting only
     )
     if data.group_columns:
+        from deepapps.core.fairness import check_group_columns
+
         check_group_columns(df.columns if isinstance(df, pl.DataFrame) else table_schema(source, df).names(),
                             data.group_columns, source)
     if with_label and columns.label is None:
@@ -50,13 +52,6 @@ def find_columns(df: pl.DataFrame, source: str, data, with_label: bool = True) -
     if data.use_time_as_feature and columns.time and columns.time not in columns.numeric:
         columns.numeric.append(columns.time)
     return columns
-
-
-def check_group_columns(names: list[str], group_columns: list[str], source: str) -> None:
-    """DataError naming the group columns the table lacks."""
-    missing = [c for c in group_columns if c not in names]
-    if missing:
-        raise DataError(f"{source}: group column(s) not found: {', '.join(missing)} (columns: {', '.join(names)})")
 
 
 def targets(df: pl.DataFrame, label: str, source: str, positive: object = None,
@@ -213,7 +208,7 @@ def category_codes(df: pl.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, dic
     return np.ascontiguousarray(codes.to_numpy(), dtype=np.int64), unknown
 
 
-def group_values(enc: Encoded, spec: FeatureSpec, column: str) -> list[str | None]:
+def category_values(enc: Encoded, spec: FeatureSpec, column: str) -> list[str | None]:
     """The value of categorical feature `column` in each encoded row, as the model saw it (None: unknown)."""
     if column not in spec.categorical:
         raise DataError(f"group thresholds: {column!r} is not a categorical feature of the model")
@@ -227,7 +222,7 @@ def row_thresholds(enc: Encoded, spec: FeatureSpec, rule: dict | None, threshold
         return threshold
     from deepapps.core.fairness import thresholds_for
 
-    return thresholds_for(group_values(enc, spec, rule["column"]), rule)
+    return thresholds_for(category_values(enc, spec, rule["column"]), rule)
 
 
 def encode(df: pl.DataFrame, spec: FeatureSpec) -> Encoded:

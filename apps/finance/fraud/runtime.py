@@ -13,7 +13,7 @@ import polars as pl
 
 from deepapps.apps.finance.fraud.config import TabularDataConfig
 from deepapps.apps.finance.fraud.features import (
-    BUILTIN, LABELS, Encoded, FeatureSpec, check_columns, check_group_columns, encode, load_source, row_thresholds,
+    BUILTIN, LABELS, Encoded, FeatureSpec, check_columns, encode, load_source, row_thresholds,
     targets,
 )
 from deepapps.apps.finance.fraud.parquet import large_parquet, parquet_files, read_split, split_batches
@@ -192,6 +192,8 @@ def evaluated_rows(model: OnnxModel, data_path: str, split: str, group_columns: 
         raise DataError(f"{data_path}: label column {spec.label!r} not found")
     check_columns(df.columns, spec, data_path)
     if group_columns:
+        from deepapps.core.fairness import check_group_columns
+
         check_group_columns(df.columns, group_columns, data_path)
     columns = Columns(label=spec.label, time=spec.time if spec.time in df.columns else None)
     if data.split == "random" and contract.schema_version < 2 and group_columns is None:

@@ -150,10 +150,10 @@ class FraudTraining(Training):
         }
         log.info("threshold %.4f chosen on validation (cost missed %g, review %g)", threshold, d.cost_missed, d.cost_review)
         if d.group_thresholds:
-            from deepapps.apps.finance.fraud.features import group_values
+            from deepapps.apps.finance.fraud.features import category_values
             from deepapps.core.fairness import equal_tpr_thresholds
 
-            groups = group_values(dm.encoded["val"], dm.spec, d.group_thresholds)
+            groups = category_values(dm.encoded["val"], dm.spec, d.group_thresholds)
             state["group_thresholds"] = {"column": d.group_thresholds, "chosen_on": "val"} | equal_tpr_thresholds(
                 targets["val"], val_scores, groups, threshold)
             log.info("per-group thresholds of %s at TPR %.3f: %s", d.group_thresholds,
@@ -230,12 +230,12 @@ def check_group_thresholds(column: str, spec: FeatureSpec, dm) -> None:
 def group_threshold_effect(run: FitRun, rule: dict) -> dict:
     """The shipped per-group thresholds on the test rows (the ONNX model's scores): per group the TPR and
     the share flagged, the TPR gap, accuracy and cost, with the one cost threshold and with the rule."""
-    from deepapps.apps.finance.fraud.features import group_values
+    from deepapps.apps.finance.fraud.features import category_values
     from deepapps.core.fairness import group_labels, thresholds_for
 
     dm, d = run.built.datamodule, run.cfg.decision
     y, s = np.asarray(run.evaluation.targets).astype(bool), np.asarray(run.evaluation.scores)  # positive-class scores
-    groups = group_labels(group_values(dm.encoded["test"], dm.spec, rule["column"]))
+    groups = group_labels(category_values(dm.encoded["test"], dm.spec, rule["column"]))
     if len(groups) != len(y):
         raise ConfigError(f"group thresholds: {len(groups)} test rows in the data module, {len(y)} scored")
     out = {"column": rule["column"], "thresholds": rule["thresholds"], "kept": rule["kept"]}
